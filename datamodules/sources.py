@@ -1,0 +1,113 @@
+"""Data sources: where a labelled image dataset (train set S and test set) comes from.
+
+A source knows its files (or how to synthesise its data), its transforms and its shape. It does
+not know about forget sets; :mod:`datamodules.unlearning_datamodule` cuts S into retain R and
+forget F from index arrays that the pipeline computes.
+
+Every source returns ``torch.utils.data.Dataset`` objects whose items are ``(x, y)`` with ``x`` a
+float tensor ``C×H×W`` and ``y`` an ``int``, and exposes the integer labels as a numpy array so
+that splits can be stratified without loading images.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.errors import DataConfigError
+
+Part = Literal["train", "test"]
+
+
+class ImageSource(ABC):
+    """A labelled image dataset with a train part (S) and a test part (D_test).
+
+    Args:
+        name: short name used in logs and cache keys.
+        num_classes: number of classes K; checked against the data.
+        in_channels: image channels C.
+        image_size: side of the (square) network input.
+    """
+
+    def __init__(self, name: str, num_classes: int, in_channels: int, image_size: int) -> None:
+        self.name = name
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.image_size = int(image_size)
+
+    def check(self) -> None:  # noqa: B027 - optional hook, a no-op for sources without files
+        """Fail fast (before any training) if the data cannot be found. Cheap: no image decoding."""
+
+    @abstractmethod
+    def dataset(self, part: Part, augment: bool) -> Dataset:
+        """The ``part`` split; ``augment=True`` applies train transforms, else test transforms."""
+
+    @abstractmethod
+    def targets(self, part: Part) -> np.ndarray:
+        """Integer labels of ``part`` in dataset order, shape ``(n,)``, dtype int64."""
+
+    def _check_labels(self, labels: np.ndarray, key: str = "dataset.num_classes") -> None:
+        seen = int(labels.max()) + 1 if labels.size else 0
+        if seen > self.num_classes:
+            raise DataConfigError(
+                key, self.num_classes, f"the data has labels up to {seen - 1}; set {key}={seen}"
+            )
+
+
+class TensorImageDataset(Dataset):
+    """An in-memory image dataset: ``(x[i], y[i])`` with an optional per-sample transform."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y, self.transform = x, y, transform
+        self.targets = y.numpy()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.x[index]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.y[index])
+
+
+class TensorSource(ImageSource):
+    """A source whose whole data fits in memory as tensors (embedded and synthetic data).
+
+    Subclasses implement :meth:`load` returning ``(x_train, y_train, x_test, y_test)``; it is called
+    once, lazily.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @abstractmethod
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``x_train, y_train, x_test, y_test`` (images float ``N×C×H×W``, labels int64)."""
+
+    def train_transform(self):
+        """Per-sample train augmentation (``None`` = none)."""
+        return None
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._data is None:
+            data = self.load()
+            self._check_labels(data[1].numpy())
+            self._data = data
+        return self._data
+
+    def dataset(self, part: Part, augment: bool) -> Dataset:
+        x_tr, y_tr, x_te, y_te = self._tensors()
+        x, y = (x_tr, y_tr) if part == "train" else (x_te, y_te)
+        return TensorImageDataset(x, y, self.train_transform() if augment else None)
+
+    def targets(self, part: Part) -> np.ndarray:
+        _, y_train, _, y_test = self._tensors()
+        return (y_train if part == "train" else y_test).numpy().astype(np.int64)

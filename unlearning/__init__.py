@@ -1,0 +1,1 @@
+"""Machine unlearning on image classifiers: pipeline stages, methods, metrics, cache."""

@@ -1,0 +1,102 @@
+"""The shared base of every training stage and unlearning method (SPEC §2).
+
+A method is a small subclass that declares the sets it trains on (``train_sets``) and overrides
+one hook, :meth:`UnlearningMethod.loss`, over a batch ``{"retain": (x, y), "forget": (x, y)}``.
+Everything else — optimizer and scheduler construction, logging, the backbone — lives here, so a
+sharpness-aware callback (``callbacks.sharpness``) can wrap any method's step unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SCHEDULERS = ("constant", "cosine")
+
+
+def check_retain_weight(alpha: float, key: str = "alpha") -> float:
+    """Validate the retain weight α ∈ [0, 1] (000 eq. 4)."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(
+            f"{key}={alpha!r}: the retain weight alpha must lie in [0, 1] "
+            "(1 = only retain loss, 0 = only forget loss), e.g. alpha=0.99"
+        )
+    return float(alpha)
+
+
+class UnlearningMethod(L.LightningModule):
+    """Base LightningModule over a backbone ``net``.
+
+    Args:
+        net: the backbone (a ``torch.nn.Module`` mapping images to logits).
+        optimizer: a partial torch optimizer (``conf/optim/*.yaml``), called as
+            ``optimizer(params, lr=lr)``.
+        lr: learning rate.
+        epochs: number of epochs of this stage (used by the cosine schedule).
+        scheduler: ``constant`` or ``cosine`` (cosine annealing to 0 over ``epochs``, stepped
+            per epoch, 000 App. C.1).
+        batch_size: B per set and step (read by the datamodule; kept here for the record).
+        name: method name, for logs.
+    """
+
+    #: the sets whose batches ``loss`` reads; the datamodule serves exactly these.
+    train_sets: ClassVar[tuple[str, ...]] = ("retain",)
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        lr: float = 0.01,
+        epochs: int = 1,
+        scheduler: str = "constant",
+        batch_size: int | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"method.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
+        self.net = net
+        self.optimizer_factory = optimizer or torch.optim.SGD
+        self.lr, self.epochs, self.scheduler_name, self.method_name = lr, epochs, scheduler, name
+        self.batch_size = batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def cross_entropy(self, batch: Batch, set_name: str) -> torch.Tensor:
+        """Mean cross-entropy of the ``set_name`` part of the batch."""
+        x, y = batch[set_name]
+        return F.cross_entropy(self.net(x), y)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective of one step and named parts to log. Subclasses override this."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, parts = self.loss(batch)
+        batch_size = len(next(iter(batch.values()))[1])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters handed to the optimizer."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters(), lr=self.lr)
+        if self.scheduler_name == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -1,0 +1,27 @@
+"""Top-1 accuracy of a model on a loader, with torchmetrics (SPEC §5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, loader: DataLoader, num_classes: int) -> float:
+    """Fraction of samples whose arg-max logit equals the label (micro average), in [0, 1].
+
+    The model is put in eval mode (BatchNorm running statistics, no dropout) and restored to
+    its previous mode afterwards. Returns ``nan`` for an empty loader.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    metric = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
+    seen = 0
+    for x, y in loader:
+        metric.update(model(x.to(device)), y.to(device))
+        seen += len(y)
+    model.train(was_training)
+    return float(metric.compute()) if seen else float("nan")

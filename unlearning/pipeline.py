@@ -1,0 +1,173 @@
+"""The unlearning pipeline (SPEC §0): validate → pretrain f_A on S → select F → retrain the
+oracle f_A(R) → unlearn from f_A → evaluate against f_A and f_A(R) → write ``results.json``.
+
+Pretraining, the split and the oracle are cached under ``paths.cache_dir`` keyed by exactly the
+config that determines each (:func:`stage_configs`), so a sweep over methods, optimizers,
+``alpha`` or the unlearning ``seed`` pretrains once and retrains the oracle once per forget set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.splits import forget_count
+from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning import stages
+from unlearning.cache import StageCache
+from unlearning.metrics.accuracy import accuracy
+from unlearning.metrics.tow import tug_of_war
+from unlearning.results import MODELS, SETS, accuracy_key, summary_table, write_results
+from unlearning.validation import validate_config
+
+log = logging.getLogger(__name__)
+
+#: bump when a stage's computation changes meaning, so old cache entries are not reused.
+CACHE_VERSION = 1
+#: config keys that do not change a stage's result (paths, speed and display settings).
+NON_DETERMINING = {
+    "root",
+    "num_workers",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "default_root_dir",
+    "_partial_",
+}
+
+
+def _determining(node: Any) -> Any:
+    """A plain container of ``node`` without :data:`NON_DETERMINING` keys, recursively."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        return {k: _determining(v) for k, v in node.items() if k not in NON_DETERMINING}
+    if isinstance(node, list):
+        return [_determining(v) for v in node]
+    return node
+
+
+def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The exact config each cached stage depends on (its cache key is a hash of this).
+
+    * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A and ``pretrain.seed``),
+      trainer numerics.
+    * ``split``: dataset and split rule (incl. ``split.seed``).
+    * ``oracle``: everything of ``pretrain`` and ``split``.
+
+    The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
+    purpose: changing them reuses all three stages.
+    """
+    dataset, split = _determining(cfg.dataset), _determining(cfg.split)
+    pretrain = {
+        "version": CACHE_VERSION,
+        "dataset": dataset,
+        "model": _determining(cfg.model),
+        "pretrain": _determining(cfg.pretrain),
+        "trainer": _determining(cfg.trainer),
+    }
+    return {
+        "pretrain": pretrain,
+        "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
+        "oracle": {**pretrain, "split": split},
+    }
+
+
+def evaluate(
+    models: dict[str, Any], data: UnlearningDataModule, num_classes: int
+) -> dict[str, float]:
+    """Accuracy of each model on R, F and D_test (test transforms), keyed ``<model>/acc_<set>``."""
+    return {
+        accuracy_key(name, s): accuracy(model, data.eval_dataloader(s), num_classes)
+        for name, model in models.items()
+        for s in SETS
+    }
+
+
+def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
+    """ToW (000 eq. 10), ToW with absolute gaps, UA = 1 − Acc_u(F), RA, TA, RTE (SPEC §5)."""
+    unlearned = {s: acc[accuracy_key("unlearned", s)] for s in SETS}
+    oracle = {s: acc[accuracy_key("oracle", s)] for s in SETS}
+    return {
+        "tow": tug_of_war(unlearned, oracle),
+        "tow_abs": tug_of_war(unlearned, oracle, absolute=True),
+        "ua": 1.0 - unlearned["forget"],
+        "ra": unlearned["retain"],
+        "ta": unlearned["test"],
+        "rte_s": rte_s,
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole pipeline for one config; return the ``results.json`` payload."""
+    validate_config(cfg)
+    source = instantiate(cfg.dataset)
+    source.check()
+    n_train = len(source.targets("train"))
+    forget_count(cfg.split.size, n_train)  # fails fast on a bad split.size
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    cache = StageCache(cfg.paths.cache_dir)
+    keys = stage_configs(cfg)
+    pretrained = cache.get_or_compute(
+        "pretrain",
+        keys["pretrain"],
+        lambda d: stages.train_from_scratch(cfg, source, None, "train", d),
+    )
+    split_entry = cache.get_or_compute(
+        "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, d)
+    )
+    forget_indices = np.load(split_entry / stages.FORGET_FILE)
+    oracle_entry = cache.get_or_compute(
+        "oracle",
+        keys["oracle"],
+        lambda d: stages.train_from_scratch(cfg, source, forget_indices, "retain", d),
+    )
+
+    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    if stages.is_from_scratch(cfg):
+        log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
+        unlearned, status = stages.load_model(cfg, oracle_entry), "ok"
+        rte_s = float(StageCache.meta(oracle_entry)["seconds"])
+    else:
+        log.info("[unlearn] computing: method=%s optim=%s", cfg.method.name, cfg.optim.name)
+        unlearned, rte_s, status = stages.unlearn(
+            cfg, source, forget_indices, pretrained, loggers, output_dir
+        )
+
+    data = UnlearningDataModule(
+        source, forget_indices, eval_batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers
+    )
+    models = {
+        "original": stages.load_model(cfg, pretrained),
+        "oracle": stages.load_model(cfg, oracle_entry),
+        "unlearned": unlearned,
+    }
+    metrics: dict[str, float] = evaluate(models, data, source.num_classes)
+    metrics.update(derived_metrics(metrics, rte_s))
+    metrics["split/n_forget"] = float(data.set_size("forget"))
+    metrics["split/n_retain"] = float(data.set_size("retain"))
+
+    for logger in loggers:
+        logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        logger.save()
+        logger.finalize(status)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_results(output_dir / "results.json", status, config, metrics)
+    title = (
+        f"method={cfg.method.name} optim={cfg.optim.name} alpha={cfg.alpha} "
+        f"dataset={cfg.dataset.name} split={cfg.split.name} "
+        f"|F|={int(metrics['split/n_forget'])} status={status}"
+    )
+    print(summary_table(metrics, title) + f"\nresults: {output_dir / 'results.json'}", flush=True)
+    return {"status": status, "config": config, "metrics": metrics}
+
+
+__all__ = ["MODELS", "derived_metrics", "evaluate", "run", "stage_configs"]

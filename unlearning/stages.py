@@ -1,0 +1,176 @@
+"""The pipeline's stages (SPEC §0): train from scratch (pretraining f_A on S, the oracle f_A(R)
+on R), forget-set selection, and unlearning from f_A. Each function does one stage's work given
+the composed config; :mod:`unlearning.pipeline` wires them to the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig
+from torch import nn
+
+from datamodules.sources import ImageSource
+from datamodules.splits import random_forget_set
+from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.methods.erm import ERM
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+FORGET_FILE = "forget_indices.npy"
+
+# Lightning's advice to add DataLoader workers does not apply to in-memory tensors.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings(
+    "ignore", message=".*number of training batches.*smaller than the logging interval.*"
+)
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+# Lightning's per-Trainer banners (accelerator, tips, "max_epochs reached") would print three
+# times per run; our own stage log lines say what runs.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def sharpness_callbacks(optim_cfg: DictConfig, rho: float | None = None) -> list[Callback]:
+    """The sharpness-aware callback of an ``optim`` preset (SPEC §1), or none for plain SGD.
+
+    ``rho`` (the top-level key) overrides the preset's radius when given.
+    """
+    spec = optim_cfg.get("sharpness")
+    if spec is None:
+        return []
+    return [instantiate(spec, rho=rho) if rho is not None else instantiate(spec)]
+
+
+def make_trainer(
+    cfg: DictConfig, max_epochs: int, callbacks: list[Callback], logger: Any, root: Path
+) -> L.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer`` preset with the stage's epochs and hooks."""
+    return instantiate(
+        cfg.trainer,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(root),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
+
+
+def load_model(cfg: DictConfig, entry: Path) -> nn.Module:
+    """A fresh backbone from ``cfg.model`` with the weights stored in a cache entry."""
+    net = instantiate(cfg.model)
+    net.load_state_dict(torch.load(entry / MODEL_FILE, map_location="cpu", weights_only=True))
+    return net
+
+
+def train_from_scratch(
+    cfg: DictConfig,
+    source: ImageSource,
+    forget_indices: np.ndarray | None,
+    train_set: str,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` from a fixed init on ``train_set`` with the pretraining settings
+    (optimizer A = ``pretrain.optim``, 000 App. C.1): f_A on ``train`` = S, or the oracle
+    f_A(R) on ``retain`` = R. Checkpoints every epoch into ``work_dir`` and resumes from the last
+    one after an interruption.
+    """
+    p = cfg.pretrain
+    L.seed_everything(p.seed, workers=True, verbose=False)
+    module = ERM(
+        instantiate(cfg.model),
+        optimizer=instantiate(p.optim.optimizer),
+        lr=p.lr,
+        epochs=p.epochs,
+        scheduler=p.scheduler,
+        train_set=train_set,
+        name="pretrain" if train_set == "train" else "oracle",
+    )
+    data = UnlearningDataModule(
+        source,
+        forget_indices,
+        (train_set,),
+        p.batch_size,
+        cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+    )
+    ckpt_dir = work_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    trainer = make_trainer(
+        cfg,
+        p.epochs,
+        [checkpoint, *sharpness_callbacks(p.optim)],
+        CSVLogger(work_dir, name="logs", version=0),
+        work_dir,
+    )
+    last = ckpt_dir / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+    torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {"train_seconds": time.perf_counter() - start, "epochs": p.epochs}
+
+
+def select_forget_set(cfg: DictConfig, source: ImageSource, work_dir: Path) -> dict[str, Any]:
+    """Choose F by the ``split`` rule (SPEC §3) and save its indices."""
+    split = cfg.split
+    if split.name != "random":
+        raise NotImplementedError(f"split={split.name} is not implemented yet")
+    indices = random_forget_set(source.targets("train"), split.size, split.seed, split.stratified)
+    np.save(work_dir / FORGET_FILE, indices)
+    return {"n_forget": int(len(indices))}
+
+
+def unlearn(
+    cfg: DictConfig,
+    source: ImageSource,
+    forget_indices: np.ndarray,
+    original: Path,
+    loggers: list[Logger],
+    run_dir: Path,
+) -> tuple[nn.Module, float, str]:
+    """Run the unlearning method ``cfg.method`` from f_A with optimizer ``cfg.optim``.
+
+    Returns the unlearned backbone, the unlearning wall time in seconds (RTE) and a status:
+    ``ok``, or ``diverged`` when the weights are no longer finite.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = instantiate(
+        cfg.method, net=load_model(cfg, original), optimizer=instantiate(cfg.optim.optimizer)
+    )
+    data = UnlearningDataModule(
+        source,
+        forget_indices,
+        module.train_sets,
+        cfg.method.batch_size,
+        cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+    )
+    trainer = make_trainer(
+        cfg,
+        cfg.method.epochs,
+        sharpness_callbacks(cfg.optim, cfg.get("rho")),
+        loggers or False,
+        run_dir,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, data)
+    seconds = time.perf_counter() - start
+    finite = all(torch.isfinite(p).all() for p in module.net.parameters())
+    return module.net, seconds, "ok" if finite else "diverged"
+
+
+def is_from_scratch(cfg: DictConfig) -> bool:
+    """Whether ``cfg.method`` is ``retrain`` (served by the oracle stage)."""
+    return bool(getattr(get_class(cfg.method._target_), "from_scratch", False))

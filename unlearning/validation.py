@@ -1,0 +1,69 @@
+"""Start-up validation of a composed config (issue 2 "Bad input"). Runs before any data is
+loaded or any model trained; every error names the key, the bad value and what is allowed.
+
+Hydra already rejects unknown group options (``method=foo``: it lists the available options)
+and unknown keys (``alpah=0.9``: the config is in struct mode); this module checks values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.errors import ConfigError
+from unlearning.methods.base import SCHEDULERS, UnlearningMethod
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(key, value, "must be a number")
+    return float(value)
+
+
+def _positive(cfg: DictConfig, key: str, integer: bool = False) -> None:
+    value = _number(cfg, key)
+    if value <= 0 or (integer and value != int(value)):
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(key, OmegaConf.select(cfg, key), f"must be {kind}")
+
+
+def _in_range(cfg: DictConfig, key: str, low: float, high: float, example: str) -> None:
+    value = _number(cfg, key)
+    if not low <= value <= high:
+        raise ConfigError(key, value, f"must lie in [{low}, {high}], e.g. {key}={example}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
+    _in_range(cfg, "alpha", 0.0, 1.0, "0.99")
+    if cfg.get("rho") is not None:
+        _positive(cfg, "rho")
+    for prefix in ("pretrain", "method"):
+        _positive(cfg, f"{prefix}.lr")
+        _positive(cfg, f"{prefix}.epochs", integer=True)
+        _positive(cfg, f"{prefix}.batch_size", integer=True)
+        scheduler = OmegaConf.select(cfg, f"{prefix}.scheduler")
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"{prefix}.scheduler", scheduler, f"choose one of {list(SCHEDULERS)}")
+    target = OmegaConf.select(cfg, "method._target_")
+    try:
+        method_cls: Any = get_class(target)
+    except Exception as exc:  # any import failure is a config error here
+        raise ConfigError("method._target_", target, f"cannot import it ({exc})") from None
+    if not (isinstance(method_cls, type) and issubclass(method_cls, UnlearningMethod)):
+        raise ConfigError(
+            "method._target_", target, "must be a subclass of unlearning.methods.UnlearningMethod"
+        )
+    model_classes = OmegaConf.select(cfg, "model.num_classes")
+    data_classes = OmegaConf.select(cfg, "dataset.num_classes")
+    if model_classes != data_classes:
+        raise ConfigError(
+            "model.num_classes",
+            model_classes,
+            f"dataset={cfg.dataset.name} has {data_classes} classes; leave model.num_classes at "
+            "its default (${dataset.num_classes}) or set it to the same value",
+        )
