@@ -1,0 +1,74 @@
+"""Forget-set selection and the joint retain/forget loaders."""
+
+import math
+
+import numpy as np
+import pytest
+
+from datamodules.embedded import Digits, SignalNoise
+from datamodules.errors import DataConfigError
+from datamodules.splits import forget_count, random_forget_set
+from datamodules.unlearning_datamodule import UnlearningDataModule
+
+
+def test_forget_count_accepts_fractions_and_counts():
+    assert forget_count(0.05, 1000) == 50
+    assert forget_count(72, 1000) == 72
+    for bad in (0, 1000, 1500, -3, 0.0001, 2.5, "a"):
+        with pytest.raises(DataConfigError, match="split.size"):
+            forget_count(bad, 1000)
+
+
+def test_stratified_random_split_keeps_class_proportions_and_is_seeded():
+    targets = np.repeat(np.arange(4), [400, 300, 200, 100])
+    forget = random_forget_set(targets, 0.1, seed=3)
+    assert len(forget) == 100 and len(np.unique(forget)) == 100
+    assert np.bincount(targets[forget]).tolist() == [40, 30, 20, 10]
+    assert np.array_equal(forget, random_forget_set(targets, 0.1, seed=3))
+    assert not np.array_equal(forget, random_forget_set(targets, 0.1, seed=4))
+    plain = random_forget_set(targets, 37, seed=0, stratified=False)
+    assert len(plain) == 37
+
+
+def test_joint_loader_draws_retain_and_forget_each_step_and_cycles_forget():
+    source = Digits()
+    forget = random_forget_set(source.targets("train"), 0.05, seed=0)
+    data = UnlearningDataModule(source, forget, ("retain", "forget"), batch_size=64)
+    n_retain, n_forget = data.set_size("retain"), data.set_size("forget")
+    assert n_retain + n_forget == len(source.targets("train")) and n_forget == len(forget)
+    loader = data.train_dataloader()
+    batches = list(iter(loader))
+    assert len(batches) == math.ceil(n_retain / 64)  # |R|/B steps per epoch (000 §2.2)
+    forget_seen = 0
+    for batch, _, _ in batches:
+        assert set(batch) == {"retain", "forget"}
+        x, y = batch["forget"]
+        assert x.shape[1:] == (1, 8, 8)
+        forget_seen += len(y)
+    assert forget_seen > n_forget  # F was cycled
+    forget_labels = set(source.targets("train")[forget].tolist())
+    assert (
+        set(data.eval_dataloader("forget").dataset[i][1] for i in range(n_forget)) <= forget_labels
+    )
+
+
+def test_digits_split_is_fixed_and_standardised():
+    a, b = Digits(), Digits()
+    assert np.array_equal(a.targets("test"), b.targets("test"))
+    x = a.dataset("train", augment=False)
+    assert len(x) == 1438 and len(a.dataset("test", augment=False)) == 359
+    stacked = x.x
+    assert abs(float(stacked.mean())) < 1e-4 and abs(float(stacked.std()) - 1) < 1e-3
+
+
+def test_signal_noise_images_hold_one_signal_patch_and_repeated_noise():
+    source = SignalNoise(n_train=20, n_test=5, patches=3, dim=16, signal_strength=2.0)
+    data = source.dataset("train", augment=False)
+    for i in range(len(data)):
+        x, y = data[i]
+        patches = x[0]  # (P, d)
+        sign = 1.0 if y == 1 else -1.0
+        is_signal = [bool((p == sign * source.phi).all()) for p in patches]
+        assert sum(is_signal) == 1
+        noise = patches[[j for j, s in enumerate(is_signal) if not s]]
+        assert (noise == source.noise[i]).all()
