@@ -12,7 +12,8 @@ that splits can be stratified without loading images.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -111,3 +112,74 @@ class TensorSource(ImageSource):
     def targets(self, part: Part) -> np.ndarray:
         _, y_train, _, y_test = self._tensors()
         return (y_train if part == "train" else y_test).numpy().astype(np.int64)
+
+
+class RelabelledDataset(Dataset):
+    """A dataset whose labels are replaced by ``labels`` (same order)."""
+
+    def __init__(self, base: Dataset, labels: np.ndarray) -> None:
+        self.base, self.labels = base, labels
+        self.targets = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, _ = self.base[index]
+        return x, int(self.labels[index])
+
+
+class NoisyLabels(ImageSource):
+    """A source whose training labels are flipped for a fixed random ``fraction`` of S.
+
+    Each flipped sample gets a label drawn uniformly among the *other* classes. ``flipped``
+    holds the indices (in S) of the flipped samples and ``clean_targets`` the original labels,
+    so memorization of mislabeled points can be studied. Test labels are never changed.
+    """
+
+    def __init__(self, base: ImageSource, fraction: float, seed: int = 0) -> None:
+        super().__init__(base.name, base.num_classes, base.in_channels, base.image_size)
+        if not 0.0 <= fraction < 1.0:
+            raise DataConfigError("dataset.label_noise", fraction, "must lie in [0, 1), e.g. 0.05")
+        self.base, self.fraction = base, fraction
+        self.clean_targets = base.targets("train")
+        rng = np.random.default_rng(seed)
+        n = len(self.clean_targets)
+        self.flipped = np.sort(rng.choice(n, size=int(round(fraction * n)), replace=False))
+        shift = rng.integers(1, self.num_classes, size=len(self.flipped))
+        self.noisy_targets = self.clean_targets.copy()
+        self.noisy_targets[self.flipped] = (
+            self.clean_targets[self.flipped] + shift
+        ) % self.num_classes
+
+    def __getattr__(self, name: str):  # forward e.g. fine_targets to the wrapped source
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def check(self) -> None:
+        self.base.check()
+
+    def targets(self, part: Part) -> np.ndarray:
+        return self.noisy_targets if part == "train" else self.base.targets(part)
+
+    def dataset(self, part: Part, augment: bool) -> Dataset:
+        data = self.base.dataset(part, augment)
+        return RelabelledDataset(data, self.noisy_targets) if part == "train" else data
+
+
+#: keys of a ``dataset`` config that are handled here, not by the source's constructor.
+LABEL_NOISE_KEYS = ("label_noise", "label_noise_seed")
+
+
+def build_source(config: Mapping[str, Any]) -> ImageSource:
+    """Instantiate the ``dataset`` config (``_target_`` + arguments) and apply
+    ``label_noise``/``label_noise_seed`` if present and non-zero."""
+    from hydra.utils import instantiate
+
+    spec = {k: v for k, v in config.items() if k not in LABEL_NOISE_KEYS}
+    source = instantiate(spec)
+    noise = float(config.get("label_noise") or 0.0)
+    if noise:
+        return NoisyLabels(source, noise, int(config.get("label_noise_seed") or 0))
+    return source

@@ -1,6 +1,7 @@
-"""Forget-set selection (SPEC §3): rules that turn labels (and later, scores) into the indices
-of the forget set F ⊂ S. The retain set is R = S \\ F. The pipeline caches the result, so every
-method of a sweep sees the same F.
+"""Forget-set selection (SPEC §3): rules that turn labels and memorization scores into the
+indices of the forget set F ⊂ S. The retain set is R = S \\ F. The pipeline caches the result,
+so every method of a sweep sees the same F. Scores reach this module as arrays computed by the
+pipeline (STYLE.md: datamodules never import the library).
 """
 
 from __future__ import annotations
@@ -51,3 +52,76 @@ def random_forget_set(
         if k > 0
     ]
     return np.sort(np.concatenate(chosen))
+
+
+MEMORIZATION_LEVELS = ("high", "mid", "low")
+
+
+def memorization_forget_set(
+    scores: np.ndarray, size: float | int, level: str, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """F by memorization level (000 App. C.1), sorted indices.
+
+    ``high``: the |F| samples of highest score; ``low``: lowest; ``mid``: the |F| samples whose
+    score is closest to 0.5. Samples in ``exclude`` are never chosen (disjoint levels). Samples
+    with a NaN score (never held out by the estimator) are never chosen. Ties break by index.
+    """
+    if level not in MEMORIZATION_LEVELS:
+        raise DataConfigError("split.level", level, f"choose one of {list(MEMORIZATION_LEVELS)}")
+    count = forget_count(size, len(scores))
+    candidates = np.flatnonzero(np.isfinite(scores))
+    if exclude is not None and len(exclude):
+        candidates = np.setdiff1d(candidates, exclude)
+    if count > len(candidates):
+        raise DataConfigError(
+            "split.size",
+            size,
+            f"only {len(candidates)} samples are eligible for level '{level}' (finite score, not "
+            "excluded); lower split.size or set split.disjoint=false",
+        )
+    values = scores[candidates]
+    key = {"high": -values, "low": values, "mid": np.abs(values - 0.5)}[level]
+    return np.sort(candidates[np.argsort(key, kind="stable")[:count]])
+
+
+def memorization_levels(
+    scores: np.ndarray, size: float | int, disjoint: bool = False
+) -> dict[str, np.ndarray]:
+    """F_high, F_mid and F_low of the same size. With ``disjoint=True`` mid excludes high and
+    low excludes high and mid, so the three levels never share a sample."""
+    levels: dict[str, np.ndarray] = {}
+    taken = np.empty(0, dtype=np.int64)
+    for level in MEMORIZATION_LEVELS:
+        levels[level] = memorization_forget_set(scores, size, level, taken if disjoint else None)
+        taken = np.union1d(taken, levels[level])
+    return levels
+
+
+def level_overlaps(levels: dict[str, np.ndarray]) -> dict[str, float]:
+    """Pairwise overlap |A ∩ B| / |A| of the memorization levels, keyed ``high_mid`` etc."""
+    out = {}
+    for i, a in enumerate(MEMORIZATION_LEVELS):
+        for b in MEMORIZATION_LEVELS[i + 1 :]:
+            shared = len(np.intersect1d(levels[a], levels[b]))
+            out[f"{a}_{b}"] = shared / max(len(levels[a]), 1)
+    return out
+
+
+def mixed_memorization_forget_set(scores: np.ndarray, size: float | int) -> np.ndarray:
+    """``mix``: |F| split as evenly as possible over disjoint high, mid and low levels."""
+    count = forget_count(size, len(scores))
+    parts = [count // 3 + (1 if i < count % 3 else 0) for i in range(3)]
+    taken = np.empty(0, dtype=np.int64)
+    for level, part in zip(MEMORIZATION_LEVELS, parts):
+        if part:
+            taken = np.union1d(taken, memorization_forget_set(scores, part, level, taken))
+    return taken
+
+
+def class_forget_set(targets: np.ndarray, label: int, key: str = "split.label") -> np.ndarray:
+    """Class-wise forgetting (004 §5.1): every sample of class ``label``."""
+    forget = np.flatnonzero(targets == label)
+    if len(forget) == 0 or len(forget) == len(targets):
+        present = sorted(set(np.unique(targets).tolist()))
+        raise DataConfigError(key, label, f"choose a class present in S: {present[:20]}")
+    return forget

@@ -32,6 +32,8 @@ class UnlearningDataModule(L.LightningDataModule):
         batch_size: B, per set and per step.
         eval_batch_size: batch size of evaluation loaders (no gradients: larger is faster).
         augment: apply the source's train transforms to training batches.
+        test_indices: the part of D_test to evaluate on (class/group forgetting removes the
+            forgotten class from D_test); ``None`` = all of it.
         num_workers: DataLoader workers (0 is fastest for in-memory data).
     """
 
@@ -44,6 +46,7 @@ class UnlearningDataModule(L.LightningDataModule):
         eval_batch_size: int = 1024,
         augment: bool = True,
         num_workers: int = 0,
+        test_indices: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         unknown = set(train_sets) - set(SET_NAMES)
@@ -61,15 +64,19 @@ class UnlearningDataModule(L.LightningDataModule):
             "retain": np.flatnonzero(~forget),
             "forget": np.flatnonzero(forget),
         }
+        self.test_indices = None if test_indices is None else np.asarray(test_indices)
 
     def _subset(self, name: str, augment: bool) -> Dataset:
         if name == "test":
-            return self.source.dataset("test", augment=False)
+            test = self.source.dataset("test", augment=False)
+            return test if self.test_indices is None else Subset(test, self.test_indices.tolist())
         return Subset(self.source.dataset("train", augment=augment), self.indices[name].tolist())
 
     def set_size(self, name: str) -> int:
         """Number of samples in set ``name``."""
         if name == "test":
+            if self.test_indices is not None:
+                return len(self.test_indices)
             return len(self.source.targets("test"))
         return len(self.indices[name])
 

@@ -17,12 +17,14 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.sources import build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning import stages
 from unlearning.cache import StageCache
 from unlearning.metrics.accuracy import accuracy
 from unlearning.metrics.tow import tug_of_war
+from unlearning.plots import plot_scores
 from unlearning.results import MODELS, SETS, accuracy_key, summary_table, write_results
 from unlearning.validation import validate_config
 
@@ -58,13 +60,20 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
     * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A and ``pretrain.seed``),
       trainer numerics.
-    * ``split``: dataset and split rule (incl. ``split.seed``).
+    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
+    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
     * ``oracle``: everything of ``pretrain`` and ``split``.
 
     The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
     purpose: changing them reuses all three stages.
     """
     dataset, split = _determining(cfg.dataset), _determining(cfg.split)
+    memorization = _determining(cfg.memorization)
+    scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
+    if memorization.get("source") == "estimate":
+        scores["model"] = _determining(cfg.model)
+    if stages.uses_scores(cfg):
+        split = {**split, "scores": scores}
     pretrain = {
         "version": CACHE_VERSION,
         "dataset": dataset,
@@ -74,6 +83,7 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     }
     return {
         "pretrain": pretrain,
+        "memorization": scores,
         "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
         "oracle": {**pretrain, "split": split},
     }
@@ -107,10 +117,11 @@ def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for one config; return the ``results.json`` payload."""
     validate_config(cfg)
-    source = instantiate(cfg.dataset)
+    source = build_source(cfg.dataset)
     source.check()
     n_train = len(source.targets("train"))
-    forget_count(cfg.split.size, n_train)  # fails fast on a bad split.size
+    if "size" in cfg.split:
+        forget_count(cfg.split.size, n_train)  # fails fast on a bad split.size
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -121,10 +132,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         keys["pretrain"],
         lambda d: stages.train_from_scratch(cfg, source, None, "train", d),
     )
+    scores = None
+    if stages.uses_scores(cfg):
+        scores_entry = cache.get_or_compute(
+            "memorization",
+            keys["memorization"],
+            lambda d: stages.compute_memorization(cfg, source, d),
+        )
+        with np.load(scores_entry / stages.SCORES_FILE) as data:
+            scores = data["scores"]
     split_entry = cache.get_or_compute(
-        "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, d)
+        "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, scores, d)
     )
     forget_indices = np.load(split_entry / stages.FORGET_FILE)
+    test_file = split_entry / stages.TEST_FILE
+    test_indices = np.load(test_file) if test_file.is_file() else None
     oracle_entry = cache.get_or_compute(
         "oracle",
         keys["oracle"],
@@ -143,7 +165,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     data = UnlearningDataModule(
-        source, forget_indices, eval_batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers
+        source,
+        forget_indices,
+        eval_batch_size=cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        test_indices=test_indices,
     )
     models = {
         "original": stages.load_model(cfg, pretrained),
@@ -154,6 +180,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(derived_metrics(metrics, rte_s))
     metrics["split/n_forget"] = float(data.set_size("forget"))
     metrics["split/n_retain"] = float(data.set_size("retain"))
+    split_meta = StageCache.meta(split_entry)
+    for name, value in split_meta.items():
+        if name.startswith(("overlap_", "mean_mem", "n_noisy")):
+            metrics[f"split/{name}"] = float(value)
+    if scores is not None:
+        plot_scores(scores, forget_indices, output_dir / "memorization.png", cfg.split.name)
 
     for logger in loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})

@@ -21,8 +21,15 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig
 from torch import nn
 
+from datamodules.errors import DataConfigError
 from datamodules.sources import ImageSource
-from datamodules.splits import random_forget_set
+from datamodules.splits import (
+    class_forget_set,
+    level_overlaps,
+    memorization_levels,
+    mixed_memorization_forget_set,
+    random_forget_set,
+)
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.methods.erm import ERM
 
@@ -122,14 +129,140 @@ def train_from_scratch(
     return {"train_seconds": time.perf_counter() - start, "epochs": p.epochs}
 
 
-def select_forget_set(cfg: DictConfig, source: ImageSource, work_dir: Path) -> dict[str, Any]:
-    """Choose F by the ``split`` rule (SPEC §3) and save its indices."""
-    split = cfg.split
-    if split.name != "random":
-        raise NotImplementedError(f"split={split.name} is not implemented yet")
-    indices = random_forget_set(source.targets("train"), split.size, split.seed, split.stratified)
-    np.save(work_dir / FORGET_FILE, indices)
-    return {"n_forget": int(len(indices))}
+MEMORIZATION_SPLITS = ("mem_high", "mem_mid", "mem_low", "mix")
+SCORES_FILE = "scores.npz"
+TEST_FILE = "test_indices.npy"
+
+
+def uses_scores(cfg: DictConfig) -> bool:
+    """Whether the ``split`` rule needs memorization scores."""
+    return cfg.split.name in MEMORIZATION_SPLITS
+
+
+def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -> dict[str, Any]:
+    """Memorization scores of S (SPEC §4): from a score file, or the Feldman–Zhang estimator
+    (000 eq. 9) with members trained like ``cfg.model``; saved as ``scores.npz``."""
+    mem = cfg.memorization
+    n = len(source.targets("train"))
+    if mem.source == "file":
+        scores = read_score_file(Path(mem.path), mem.key, n)
+        np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
+        return {"source": "file"}
+    from unlearning.memorization import estimate_memorization
+
+    x, y = stack_dataset(source.dataset("train", augment=False))
+    result = estimate_memorization(
+        lambda: instantiate(cfg.model),
+        x,
+        y,
+        members=mem.members,
+        fraction=mem.fraction,
+        epochs=mem.epochs,
+        lr=mem.lr,
+        batch_size=mem.batch_size,
+        momentum=mem.momentum,
+        weight_decay=mem.weight_decay,
+        seed=mem.seed,
+        strategy=mem.strategy,
+        chunk_size=mem.chunk_size,
+        workers=mem.workers,
+        work_dir=work_dir / "members",
+        progress=bool(cfg.trainer.get("enable_progress_bar", True)),
+    )
+    np.savez(
+        work_dir / SCORES_FILE,
+        scores=result.scores,
+        stderr=result.stderr,
+        in_mask=result.in_mask,
+        correct=result.correct,
+    )
+    shutil.rmtree(work_dir / "members", ignore_errors=True)
+    return {"source": "estimate", "members": int(mem.members)}
+
+
+def read_score_file(path: Path, key: str, n_train: int) -> np.ndarray:
+    """Scores from a ``.npz`` (array ``key``) or ``.npy`` file; length must equal |S|."""
+    if not path.is_file():
+        raise DataConfigError(
+            "memorization.path", str(path), "no score file there: give the path of a .npz/.npy file"
+        )
+    if path.suffix == ".npy":
+        scores = np.load(path, allow_pickle=False)
+    else:
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data.files:
+                raise DataConfigError("memorization.key", key, f"{path} holds arrays {data.files}")
+            scores = data[key]
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != n_train:
+        raise DataConfigError(
+            "memorization.path",
+            str(path),
+            f"holds {len(scores)} scores but the training set has {n_train} samples; use the "
+            "score file of this dataset (scores in dataset order)",
+        )
+    return scores
+
+
+def stack_dataset(dataset: Any, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a dataset as two tensors (images, labels); in-memory sources are read directly."""
+    if (
+        hasattr(dataset, "x")
+        and hasattr(dataset, "y")
+        and getattr(dataset, "transform", None) is None
+    ):
+        return dataset.x, dataset.y
+    xs, ys = [], []
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def select_forget_set(
+    cfg: DictConfig, source: ImageSource, scores: np.ndarray | None, work_dir: Path
+) -> dict[str, Any]:
+    """Choose F by the ``split`` rule (SPEC §3), save its indices (and, for class/group
+    forgetting, the test indices that remain), and return summary numbers for the results."""
+    split, targets = cfg.split, source.targets("train")
+    extra: dict[str, Any] = {}
+    test_indices = None
+    if split.name == "random":
+        forget = random_forget_set(targets, split.size, split.seed, split.stratified)
+    elif split.name in MEMORIZATION_SPLITS:
+        assert scores is not None
+        levels = memorization_levels(scores, split.size, disjoint=split.get("disjoint", False))
+        forget = (
+            mixed_memorization_forget_set(scores, split.size)
+            if split.name == "mix"
+            else levels[split.name.removeprefix("mem_")]
+        )
+        extra.update({f"overlap_{k}": v for k, v in level_overlaps(levels).items()})
+        extra["mean_mem"] = float(np.nanmean(scores[forget]))
+        extra["mean_mem_all"] = float(np.nanmean(scores))
+    elif split.name == "class":
+        forget = class_forget_set(targets, split.label)
+        test_indices = np.flatnonzero(source.targets("test") != split.label)
+    elif split.name == "group":
+        if not hasattr(source, "fine_targets"):
+            raise DataConfigError(
+                "split",
+                "group",
+                f"dataset={cfg.dataset.name} has no sub-classes; use dataset=cifar20",
+            )
+        forget = class_forget_set(
+            source.fine_targets("train"), split.fine_label, "split.fine_label"
+        )
+        test_indices = np.flatnonzero(source.fine_targets("test") != split.fine_label)
+    else:
+        raise DataConfigError("split.name", split.name, "unknown split rule")
+    np.save(work_dir / FORGET_FILE, forget)
+    if test_indices is not None:
+        np.save(work_dir / TEST_FILE, test_indices)
+    flipped = getattr(source, "flipped", None)
+    if flipped is not None:
+        extra["n_noisy_forget"] = int(np.isin(forget, flipped).sum())
+    return {"n_forget": int(len(forget)), **extra}
 
 
 def unlearn(

@@ -261,18 +261,18 @@ def test_cifar20_uses_coarse_labels_and_keeps_fine(tmp_path: Path) -> None:
 
 def test_labels_beyond_num_classes_fail_with_the_key(tmp_path: Path) -> None:
     write_cifar10(tmp_path, labels_up_to=13)
-    with pytest.raises(DataConfigError, match="dataset.num_classes") as err:
+    with pytest.raises(DataConfigError, match=r"dataset.num_classes") as err:
         rd.CIFAR10(root=str(tmp_path)).targets("test")
     assert "12" in str(err.value)
     assert rd.CIFAR10(root=str(tmp_path), num_classes=13).targets("test").max() == 12
 
 
 def test_bad_constructor_values_name_their_key(tmp_path: Path) -> None:
-    with pytest.raises(DataConfigError, match="dataset.in_channels"):
+    with pytest.raises(DataConfigError, match=r"dataset.in_channels"):
         rd.CIFAR10(root=str(tmp_path), in_channels=1)
-    with pytest.raises(DataConfigError, match="dataset.crop_scale"):
+    with pytest.raises(DataConfigError, match=r"dataset.crop_scale"):
         rd.CIFAR10(root=str(tmp_path), crop_scale=(0.9, 0.5))
-    with pytest.raises(DataConfigError, match="dataset.test_resize_size"):
+    with pytest.raises(DataConfigError, match=r"dataset.test_resize_size"):
         rd.ImageNet(root=str(tmp_path), image_size=224, test_resize_size=200)
 
 

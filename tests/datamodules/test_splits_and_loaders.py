@@ -15,7 +15,7 @@ def test_forget_count_accepts_fractions_and_counts():
     assert forget_count(0.05, 1000) == 50
     assert forget_count(72, 1000) == 72
     for bad in (0, 1000, 1500, -3, 0.0001, 2.5, "a"):
-        with pytest.raises(DataConfigError, match="split.size"):
+        with pytest.raises(DataConfigError, match=r"split\.size"):
             forget_count(bad, 1000)
 
 
@@ -72,3 +72,60 @@ def test_signal_noise_images_hold_one_signal_patch_and_repeated_noise():
         assert sum(is_signal) == 1
         noise = patches[[j for j, s in enumerate(is_signal) if not s]]
         assert (noise == source.noise[i]).all()
+
+
+def test_memorization_levels_pick_highest_lowest_and_closest_to_half():
+    from datamodules.splits import (
+        level_overlaps,
+        memorization_levels,
+        mixed_memorization_forget_set,
+    )
+
+    scores = np.array([0.9, 0.1, 0.5, 0.45, 0.0, 1.0, np.nan, 0.6, 0.2, 0.55])
+    levels = memorization_levels(scores, 3)
+    assert levels["high"].tolist() == [0, 5, 7]
+    assert levels["low"].tolist() == [1, 4, 8]
+    assert levels["mid"].tolist() == [2, 3, 9]
+    assert 6 not in np.concatenate(list(levels.values()))  # NaN scores are never chosen
+    overlapping = memorization_levels(scores, 4)
+    assert overlapping["high"].tolist() == [0, 5, 7, 9]
+    assert overlapping["mid"].tolist() == [2, 3, 7, 9]  # 0.6 and 0.55 are both high and mid
+    assert level_overlaps(overlapping)["high_mid"] == 0.5
+    disjoint = memorization_levels(np.append(scores, [0.5, 0.52, 0.3]), 4, disjoint=True)
+    assert not set(disjoint["mid"]) & set(disjoint["high"])
+    assert not set(disjoint["low"]) & (set(disjoint["high"]) | set(disjoint["mid"]))
+    mix = mixed_memorization_forget_set(scores, 3)
+    assert mix.tolist() == [2, 4, 5]  # one each of high (5), mid (2), low (4)
+
+
+def test_disjoint_levels_that_run_out_of_samples_name_the_key():
+    from datamodules.splits import memorization_levels
+
+    with pytest.raises(DataConfigError, match=r"split\.size"):
+        memorization_levels(np.linspace(0, 1, 10), 4, disjoint=True)
+
+
+def test_class_forget_set_takes_the_whole_class():
+    from datamodules.splits import class_forget_set
+
+    targets = np.array([0, 1, 2, 1, 1, 0])
+    assert class_forget_set(targets, 1).tolist() == [1, 3, 4]
+    with pytest.raises(DataConfigError, match=r"split\.label"):
+        class_forget_set(targets, 7)
+
+
+def test_label_noise_flips_a_fixed_fraction_to_other_classes():
+    from datamodules.sources import build_source
+
+    config = {"_target_": "datamodules.embedded.Digits", "label_noise": 0.1, "label_noise_seed": 3}
+    source = build_source(config)
+    clean = Digits().targets("train")
+    noisy = source.targets("train")
+    changed = np.flatnonzero(noisy != clean)
+    assert changed.tolist() == source.flipped.tolist()
+    assert len(changed) == round(0.1 * len(clean))
+    data = source.dataset("train", augment=False)
+    assert all(data[i][1] == noisy[i] for i in changed[:20])
+    assert np.array_equal(source.targets("test"), Digits().targets("test"))
+    assert np.array_equal(build_source(config).flipped, source.flipped)  # seeded
+    assert build_source({**config, "label_noise": 0.0}).__class__ is Digits

@@ -29,14 +29,17 @@ def test_cache_keys_ignore_method_optim_alpha_seed_and_paths(config, tmp_path):
 @pytest.mark.parametrize(
     ("override", "changed"),
     [
-        ("pretrain.lr=0.05", {"pretrain", "oracle"}),
+        ("pretrain.lr=0.05", {"pretrain", "oracle", "memorization"}),  # members train like f_A
         ("pretrain.seed=1", {"pretrain", "oracle"}),
         ("pretrain.optim.optimizer.momentum=0.5", {"pretrain", "oracle"}),
-        ("model.width=16", {"pretrain", "oracle"}),
+        ("model.width=16", {"pretrain", "oracle", "memorization"}),
+        ("memorization.members=64", {"memorization"}),
+        ("split=mem_high", {"split", "oracle"}),
         ("trainer.limit_train_batches=3", {"pretrain", "oracle"}),
         ("split.size=0.1", {"split", "oracle"}),
         ("split.seed=7", {"split", "oracle"}),
-        ("dataset.test_fraction=0.3", {"pretrain", "split", "oracle"}),
+        ("dataset.test_fraction=0.3", {"pretrain", "split", "oracle", "memorization"}),
+        ("dataset.label_noise=0.1", {"pretrain", "split", "oracle", "memorization"}),
     ],
 )
 def test_cache_key_changes_when_and_only_when_a_determining_value_changes(

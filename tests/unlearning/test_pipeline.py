@@ -31,7 +31,7 @@ def test_neggrad_lowers_forget_accuracy_and_keeps_retain_accuracy(neggrad_result
 
 
 def test_results_json_follows_the_documented_schema(neggrad_results):
-    payload, out = neggrad_results
+    out = neggrad_results[1]
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == "ok"
     assert on_disk["config"]["method"]["name"] == "neggrad"
@@ -79,3 +79,10 @@ def test_signal_noise_data_with_the_two_layer_cnn_runs_end_to_end(config, tmp_pa
     result = run(cfg)
     assert result["status"] == "ok"
     assert result["metrics"]["original/acc_test"] > 0.9  # the signal is learnable (000 §2.1)
+
+
+def test_class_split_forgets_a_whole_class_and_drops_it_from_the_test_set(config, shared_cache):
+    metrics = run(config("split=class", "split.label=3", "method=finetune"))["metrics"]
+    assert metrics["split/n_forget"] == 146  # every training 3 (182 digits, 80% in S)
+    assert metrics["oracle/acc_forget"] <= 0.05  # the oracle never saw a 3
+    assert metrics["original/acc_forget"] >= 0.99
