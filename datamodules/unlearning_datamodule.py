@@ -93,12 +93,12 @@ class UnlearningDataModule(L.LightningDataModule):
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def eval_dataloader(self, name: str) -> DataLoader:
+    def eval_dataloader(self, name: str, batch_size: int | None = None) -> DataLoader:
         """Loader over set ``name`` (``retain``, ``forget``, ``test`` or ``train``) with test
-        transforms and no shuffling."""
+        transforms and no shuffling (``batch_size`` defaults to ``eval_batch_size``)."""
         return DataLoader(
             self._subset(name, augment=False),
-            batch_size=self.eval_batch_size,
+            batch_size=batch_size or self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
         )

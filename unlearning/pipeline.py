@@ -160,8 +160,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rte_s = float(StageCache.meta(oracle_entry)["seconds"])
     else:
         log.info("[unlearn] computing: method=%s optim=%s", cfg.method.name, cfg.optim.name)
+        mask_entry = None
+        if stages.needs_forget_mask(cfg):
+            mask_key = {
+                "pretrain": keys["pretrain"],
+                "split": keys["split"],
+                "fraction": cfg.method.fraction,
+                "batch_size": cfg.method.batch_size,
+            }
+            mask_entry = cache.get_or_compute(
+                "mask",
+                mask_key,
+                lambda d: stages.compute_forget_mask(cfg, source, forget_indices, pretrained, d),
+            )
         unlearned, rte_s, status = stages.unlearn(
-            cfg, source, forget_indices, pretrained, loggers, output_dir
+            cfg, source, forget_indices, pretrained, loggers, output_dir, mask_entry
         )
 
     data = UnlearningDataModule(

@@ -265,6 +265,29 @@ def select_forget_set(
     return {"n_forget": int(len(forget)), **extra}
 
 
+MASK_FILE = "forget_mask.pt"
+
+
+def needs_forget_mask(cfg: DictConfig) -> bool:
+    """Whether ``cfg.method`` splits the model by a saliency mask (Sharp MinMax, SalUn)."""
+    return bool(getattr(get_class(cfg.method._target_), "needs_forget_mask", False))
+
+
+def compute_forget_mask(
+    cfg: DictConfig, source: ImageSource, forget_indices: np.ndarray, original: Path, work_dir: Path
+) -> dict[str, Any]:
+    """The top ``method.fraction`` of f_A's parameter entries by ``|Σ_b ∇CE(F_b)|`` over one
+    pass of F in batches of ``method.batch_size`` (000 App. C.1; :mod:`unlearning.saliency`)."""
+    from unlearning.saliency import forget_gradient_saliency, top_fraction_mask
+
+    net = load_model(cfg, original)
+    data = UnlearningDataModule(source, forget_indices, num_workers=cfg.num_workers)
+    saliency = forget_gradient_saliency(net, data.eval_dataloader("forget", cfg.method.batch_size))
+    masks = top_fraction_mask(saliency, cfg.method.fraction, key="method.fraction")
+    torch.save(masks, work_dir / MASK_FILE)
+    return {"fraction": float(cfg.method.fraction)}
+
+
 def unlearn(
     cfg: DictConfig,
     source: ImageSource,
@@ -272,16 +295,25 @@ def unlearn(
     original: Path,
     loggers: list[Logger],
     run_dir: Path,
+    mask_entry: Path | None = None,
 ) -> tuple[nn.Module, float, str]:
     """Run the unlearning method ``cfg.method`` from f_A with optimizer ``cfg.optim``.
 
-    Returns the unlearned backbone, the unlearning wall time in seconds (RTE) and a status:
-    ``ok``, or ``diverged`` when the weights are no longer finite.
+    The ``optim`` preset's sharpness-aware callback wraps the method's step, unless the method
+    steps its parts itself (``owns_sharpness``: it receives the settings instead). Returns the
+    unlearned backbone, the unlearning wall time in seconds (RTE) and a status: ``ok``, or
+    ``diverged`` when the weights are no longer finite.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = instantiate(
         cfg.method, net=load_model(cfg, original), optimizer=instantiate(cfg.optim.optimizer)
     )
+    callbacks = sharpness_callbacks(cfg.optim, cfg.get("rho"))
+    if getattr(module, "owns_sharpness", False):
+        module.use_sharpness(callbacks[0] if callbacks else None)
+        callbacks = []
+    if mask_entry is not None:
+        module.set_forget_mask(torch.load(mask_entry / MASK_FILE, weights_only=True))
     data = UnlearningDataModule(
         source,
         forget_indices,
@@ -290,13 +322,7 @@ def unlearn(
         cfg.eval_batch_size,
         num_workers=cfg.num_workers,
     )
-    trainer = make_trainer(
-        cfg,
-        cfg.method.epochs,
-        sharpness_callbacks(cfg.optim, cfg.get("rho")),
-        loggers or False,
-        run_dir,
-    )
+    trainer = make_trainer(cfg, cfg.method.epochs, callbacks, loggers or False, run_dir)
     start = time.perf_counter()
     trainer.fit(module, data)
     seconds = time.perf_counter() - start

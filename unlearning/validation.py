@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.errors import ConfigError
@@ -37,6 +37,19 @@ def _in_range(cfg: DictConfig, key: str, low: float, high: float, example: str) 
         raise ConfigError(key, value, f"must lie in [{low}, {high}], e.g. {key}={example}")
 
 
+def _check_sharpness(cfg: DictConfig, key: str, rho: float | None) -> None:
+    """Build the sharpness-aware callback of an optim preset once, so that a bad ρ, η or mode
+    fails now rather than after pretraining."""
+    spec = OmegaConf.select(cfg, f"{key}.sharpness")
+    if spec is None:
+        return
+    try:
+        instantiate(spec, rho=rho) if rho is not None else instantiate(spec)
+    except Exception as exc:  # hydra wraps the callback's ValueError
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{key}.sharpness", OmegaConf.to_container(spec), str(cause)) from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
     _in_range(cfg, "alpha", 0.0, 1.0, "0.99")
@@ -49,6 +62,16 @@ def validate_config(cfg: DictConfig) -> None:
         scheduler = OmegaConf.select(cfg, f"{prefix}.scheduler")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"{prefix}.scheduler", scheduler, f"choose one of {list(SCHEDULERS)}")
+    if OmegaConf.select(cfg, "method.fraction") is not None:
+        value = _number(cfg, "method.fraction")
+        if not 0.0 < value < 1.0:
+            raise ConfigError(
+                "method.fraction", value, "the mask fraction must lie in (0, 1), e.g. 0.3"
+            )
+    if OmegaConf.select(cfg, "method.forget_rho") is not None:
+        _positive(cfg, "method.forget_rho")
+    for key in ("optim", "pretrain.optim"):
+        _check_sharpness(cfg, key, cfg.get("rho") if key == "optim" else None)
     target = OmegaConf.select(cfg, "method._target_")
     try:
         method_cls: Any = get_class(target)

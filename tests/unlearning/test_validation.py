@@ -69,3 +69,31 @@ def test_cli_unknown_group_option_lists_the_available_ones(tmp_path):
     assert "method/nonexistent" in result.stderr
     assert "neggrad" in result.stderr and "finetune" in result.stderr  # the options are listed
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"),
+    [
+        (["optim=sam", "optim.sharpness.rho=0"], "optim.sharpness", "> 0"),
+        (["optim=asam", "optim.sharpness.eta=-1"], "optim.sharpness", "eta"),
+        (
+            ["pretrain/optim=sam", "pretrain.optim.sharpness.rho=-0.1"],
+            "pretrain.optim.sharpness",
+            "> 0",
+        ),
+        (["method=minmax", "method.fraction=1.2"], "method.fraction", "(0, 1)"),
+        (["method=minmax", "method.fraction=0"], "method.fraction", "(0, 1)"),
+        (["method=minmax", "method.forget_rho=-1"], "method.forget_rho", "positive"),
+    ],
+)
+def test_bad_optimizer_and_mask_settings_fail_at_start_up(config, tmp_path, overrides, key, hint):
+    with pytest.raises(ConfigError) as info:
+        run(config(*overrides, cache=tmp_path / "cache"))
+    assert info.value.key == key and hint in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_unknown_optimizer_lists_the_options(tmp_path):
+    result = run_cli(["optim=adamw_sam", f"paths.log_dir={tmp_path}"], tmp_path)
+    assert result.returncode != 0 and "optim/adamw_sam" in result.stderr
+    assert all(name in result.stderr for name in ("sgd", "sam", "asam", "sharpmax"))

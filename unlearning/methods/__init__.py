@@ -4,5 +4,14 @@
 from unlearning.methods.ascent import GradientAscent, NegGrad
 from unlearning.methods.base import UnlearningMethod
 from unlearning.methods.erm import ERM, Finetune, Retrain
+from unlearning.methods.minmax import SharpMinMax
 
-__all__ = ["ERM", "Finetune", "GradientAscent", "NegGrad", "Retrain", "UnlearningMethod"]
+__all__ = [
+    "ERM",
+    "Finetune",
+    "GradientAscent",
+    "NegGrad",
+    "Retrain",
+    "SharpMinMax",
+    "UnlearningMethod",
+]
