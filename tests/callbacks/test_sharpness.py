@@ -89,7 +89,8 @@ class Tiny(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.batch_end_losses.append(float(outputs["loss"]))
+        if outputs:  # {} when training_step returned None
+            self.batch_end_losses.append(float(outputs["loss"]))
 
     def train_dataloader(self) -> DataLoader:
         x, y = self.data
@@ -384,6 +385,28 @@ def test_manual_optimization_is_refused() -> None:
     module.automatic_optimization = False
     with pytest.raises(ValueError, match="automatic optimization"):
         fit(module, [SAM()])
+
+
+def test_two_sharpness_callbacks_are_refused() -> None:
+    module = Tiny(make_net(), make_data())
+    with pytest.raises(ValueError, match="only one sharpness-aware callback"):
+        fit(module, [SAM(), ASAM()])
+
+
+class SkipsFirstBatch(Tiny):
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        loss = super().training_step(batch, batch_idx)
+        return None if batch_idx == 0 else loss
+
+
+def test_skipped_step_runs_one_pass_and_keeps_weights() -> None:
+    module = SkipsFirstBatch(make_net(), make_data())
+    before = copy.deepcopy(module.net.state_dict())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*returned `None`.*")
+        fit(module, [SAM(rho=0.5)])
+    assert module.step_calls == 1
+    assert all(torch.equal(p, before[n]) for n, p in module.net.named_parameters())
 
 
 def test_from_mode_builds_each_class() -> None:

@@ -113,7 +113,7 @@ def test_steps_equal_sam_on_retain_and_sharpness_max_on_forget(masks):
 
 
 def test_bad_minmax_settings_name_their_key():
-    with pytest.raises(ValueError, match="method.fraction"):
+    with pytest.raises(ValueError, match=r"method\.fraction"):
         SharpMinMax(_net(), fraction=0.0)
-    with pytest.raises(ValueError, match="method.forget_objective"):
+    with pytest.raises(ValueError, match=r"method\.forget_objective"):
         SharpMinMax(_net(), forget_objective="minimize")
