@@ -1,0 +1,7 @@
+"""Lightning callbacks of the framework that work on any LightningModule.
+
+* :mod:`callbacks.sharpness` -- sharpness-aware optimisation (SAM, ASAM, sharpness
+  maximisation) wrapped around the base optimizer's step (SPEC §1, docs/config/optim.md).
+
+This package never imports from ``unlearning/`` or ``datamodules/``.
+"""
