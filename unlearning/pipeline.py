@@ -122,6 +122,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     n_train = len(source.targets("train"))
     if "size" in cfg.split:
         forget_count(cfg.split.size, n_train)  # fails fast on a bad split.size
+    if stages.uses_scores(cfg) and cfg.memorization.source == "file":
+        mem = cfg.memorization  # a wrong score file fails now, not after pretraining
+        stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 

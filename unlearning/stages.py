@@ -145,7 +145,7 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
     mem = cfg.memorization
     n = len(source.targets("train"))
     if mem.source == "file":
-        scores = read_score_file(Path(mem.path), mem.key, n)
+        scores = read_score_file(Path(mem.path), mem.key, source.targets("train"))
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "file"}
     from unlearning.memorization import estimate_memorization
@@ -168,6 +168,7 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         workers=mem.workers,
         work_dir=work_dir / "members",
         progress=bool(cfg.trainer.get("enable_progress_bar", True)),
+        threads=mem.get("threads"),
     )
     np.savez(
         work_dir / SCORES_FILE,
@@ -180,28 +181,18 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
     return {"source": "estimate", "members": int(mem.members)}
 
 
-def read_score_file(path: Path, key: str, n_train: int) -> np.ndarray:
-    """Scores from a ``.npz`` (array ``key``) or ``.npy`` file; length must equal |S|."""
-    if not path.is_file():
-        raise DataConfigError(
-            "memorization.path", str(path), "no score file there: give the path of a .npz/.npy file"
-        )
-    if path.suffix == ".npy":
-        scores = np.load(path, allow_pickle=False)
-    else:
-        with np.load(path, allow_pickle=False) as data:
-            if key not in data.files:
-                raise DataConfigError("memorization.key", key, f"{path} holds arrays {data.files}")
-            scores = data[key]
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(scores) != n_train:
-        raise DataConfigError(
-            "memorization.path",
-            str(path),
-            f"holds {len(scores)} scores but the training set has {n_train} samples; use the "
-            "score file of this dataset (scores in dataset order)",
-        )
-    return scores
+def read_score_file(path: Path, key: str, labels: np.ndarray) -> np.ndarray:
+    """Scores from a ``.npz`` score file (array ``key``; optional ``tr_labels`` checked against
+    the training labels); its length must equal |S|. Errors name ``memorization.path``."""
+    from unlearning.memorization import load_score_file
+
+    try:
+        return load_score_file(path, len(labels), labels=labels, key=key)
+    except FileNotFoundError:
+        fix = "no score file there: give the path of a .npz file (docs/memorization.md)"
+        raise DataConfigError("memorization.path", str(path), fix) from None
+    except ValueError as error:
+        raise DataConfigError("memorization.path", str(path), str(error)) from None
 
 
 def stack_dataset(dataset: Any, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

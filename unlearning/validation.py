@@ -70,6 +70,15 @@ def validate_config(cfg: DictConfig) -> None:
             )
     if OmegaConf.select(cfg, "method.forget_rho") is not None:
         _positive(cfg, "method.forget_rho")
+    source = OmegaConf.select(cfg, "memorization.source")
+    if source not in ("estimate", "file"):
+        raise ConfigError("memorization.source", source, "choose estimate or file")
+    if source == "estimate":
+        _positive(cfg, "memorization.members", integer=True)
+        _positive(cfg, "memorization.epochs", integer=True)
+        fraction = _number(cfg, "memorization.fraction")
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError("memorization.fraction", fraction, "must lie in (0, 1), e.g. 0.7")
     for key in ("optim", "pretrain.optim"):
         _check_sharpness(cfg, key, cfg.get("rho") if key == "optim" else None)
     target = OmegaConf.select(cfg, "method._target_")
