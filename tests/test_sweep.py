@@ -50,3 +50,31 @@ def test_second_run_changing_only_alpha_reuses_every_stage(tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "computing ->" not in log
     assert log.count("cache hit") == 3
+
+
+def test_method_by_optimizer_sweep_shares_one_pretraining_and_one_oracle(tmp_path):
+    result = run_cli(
+        [
+            "-m",
+            "method=neggrad,minmax",
+            "optim=sgd,sam,asam",
+            "rho=1.0",
+            "pretrain.epochs=2",
+            "method.epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        tmp_path,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert log.count("[pretrain] computing") == 1 and log.count("[oracle] computing") == 1
+    assert log.count("[mask] computing") == 1  # the MinMax mask is shared by its three jobs
+    payloads = [
+        json.loads(p.read_text()) for p in (tmp_path / "logs").glob("multirun/*/*/results.json")
+    ]
+    assert len(payloads) == 6
+    combos = {(p["config"]["method"]["name"], p["config"]["optim"]["name"]) for p in payloads}
+    assert combos == {(m, o) for m in ("neggrad", "minmax") for o in ("sgd", "sam", "asam")}
+    assert all(p["config"]["rho"] == 1.0 and "tow" in p["metrics"] for p in payloads)

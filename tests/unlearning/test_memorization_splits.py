@@ -43,7 +43,7 @@ def test_score_file_selects_the_highest_scores_and_records_mean_and_overlaps(con
         "method=finetune",
         "method.epochs=1",
     ]
-    result = run(config("split=mem_high", *common))
+    result = run(config("split=mem_high", "split.size=0.05", *common))
     m = result["metrics"]
     top = np.sort(scores)[-72:]
     assert m["split/n_forget"] == 72

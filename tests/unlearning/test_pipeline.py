@@ -86,3 +86,12 @@ def test_class_split_forgets_a_whole_class_and_drops_it_from_the_test_set(config
     assert metrics["split/n_forget"] == 146  # every training 3 (182 digits, 80% in S)
     assert metrics["oracle/acc_forget"] <= 0.05  # the oracle never saw a 3
     assert metrics["original/acc_forget"] >= 0.99
+
+
+def test_minmax_lowers_forget_accuracy_and_keeps_retain_accuracy(config):
+    """Sharp MinMax with its digits preset (alpha 0.95, SAM on the retain part)."""
+    result = run(config("method=minmax"))
+    m = result["metrics"]
+    assert result["config"]["optim"]["name"] == "sam"
+    assert m["original/acc_forget"] - m["unlearned/acc_forget"] >= 0.03
+    assert m["original/acc_retain"] - m["unlearned/acc_retain"] <= 0.02
