@@ -36,8 +36,9 @@ format: $(STAMP) ## ruff autoformat
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP) ## benchmarks: ratios measured side by side (not tests)
-	$(PY) bench/bench_sam.py
+bench: $(STAMP) ## benchmarks: ratios measured side by side (not tests); QUICK=1 for a short run
+	$(PY) bench/bench_sam.py $(if $(QUICK),--quick)
+	$(PY) bench/bench_memorization.py $(if $(QUICK),--quick)
 
 clean: ## remove logs and caches of this checkout (not the stage cache)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

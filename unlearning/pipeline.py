@@ -201,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if name.startswith(("overlap_", "mean_mem", "n_noisy")):
             metrics[f"split/{name}"] = float(value)
     if scores is not None:
+        metrics["split/mem_is_proxy"] = float(StageCache.meta(scores_entry).get("is_proxy", 0))
         plot_scores(scores, forget_indices, output_dir / "memorization.png", cfg.split.name)
 
     for logger in loggers:

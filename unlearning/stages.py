@@ -147,10 +147,27 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
     if mem.source == "file":
         scores = read_score_file(Path(mem.path), mem.key, source.targets("train"))
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
-        return {"source": "file"}
+        return {"source": "file", "is_proxy": 0}
+    x, y = stack_dataset(source.dataset("train", augment=False))
+    if mem.source == "learning_speed":
+        from unlearning.memorization_proxies import learning_speed_proxy
+
+        scores = learning_speed_proxy(
+            lambda: instantiate(cfg.model),
+            x,
+            y,
+            epochs=mem.epochs,
+            lr=mem.lr,
+            batch_size=mem.batch_size,
+            momentum=mem.momentum,
+            weight_decay=mem.weight_decay,
+            seed=mem.seed,
+            eval_batch_size=cfg.eval_batch_size,
+        )
+        np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
+        return {"source": "learning_speed", "is_proxy": 1}
     from unlearning.memorization import estimate_memorization
 
-    x, y = stack_dataset(source.dataset("train", augment=False))
     result = estimate_memorization(
         lambda: instantiate(cfg.model),
         x,
@@ -178,7 +195,7 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         correct=result.correct,
     )
     shutil.rmtree(work_dir / "members", ignore_errors=True)
-    return {"source": "estimate", "members": int(mem.members)}
+    return {"source": "estimate", "members": int(mem.members), "is_proxy": 0}
 
 
 def read_score_file(path: Path, key: str, labels: np.ndarray) -> np.ndarray:

@@ -71,11 +71,13 @@ def validate_config(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "method.forget_rho") is not None:
         _positive(cfg, "method.forget_rho")
     source = OmegaConf.select(cfg, "memorization.source")
-    if source not in ("estimate", "file"):
-        raise ConfigError("memorization.source", source, "choose estimate or file")
+    if source not in ("estimate", "file", "learning_speed"):
+        raise ConfigError("memorization.source", source, "choose estimate, file or learning_speed")
+    if source in ("estimate", "learning_speed"):
+        _positive(cfg, "memorization.epochs", integer=True)
+        _positive(cfg, "memorization.lr")
     if source == "estimate":
         _positive(cfg, "memorization.members", integer=True)
-        _positive(cfg, "memorization.epochs", integer=True)
         fraction = _number(cfg, "memorization.fraction")
         if not 0.0 < fraction < 1.0:
             raise ConfigError("memorization.fraction", fraction, "must lie in (0, 1), e.g. 0.7")

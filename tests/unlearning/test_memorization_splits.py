@@ -80,3 +80,19 @@ def test_mem_levels_sweep_estimates_scores_once(tmp_path):
     ]
     means = {p["config"]["split"]["name"]: p["metrics"]["split/mean_mem"] for p in payloads}
     assert means["mem_high"] >= means["mem_mid"] >= means["mem_low"]
+
+
+def test_learning_speed_proxy_ranks_flipped_labels_as_memorized_and_is_labelled(config, tmp_path):
+    cfg = config(
+        "split=mem_high",
+        "split.size=0.03",
+        "memorization=learning_speed",
+        "dataset.label_noise=0.03",
+        "method=finetune",
+        "method.epochs=1",
+        cache=tmp_path / "cache",
+    )
+    m = run(cfg)["metrics"]
+    assert m["split/mem_is_proxy"] == 1.0
+    # the 43 highest proxy scores are mostly the 43 mislabeled digits
+    assert m["split/n_noisy_forget"] >= 0.6 * m["split/n_forget"]
