@@ -1,0 +1,117 @@
+"""Training stages: f_A on S (pretraining) and the oracle f_A(R) on R, with the same recipe
+(000 App. C.1), and the pieces every stage shares (trainer, sharpness callback, model loading)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+from torch import nn
+
+from datamodules.sources import ImageSource
+from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.methods.erm import ERM
+
+# Lightning's advice to add DataLoader workers does not apply to in-memory tensors.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings(
+    "ignore", message=".*number of training batches.*smaller than the logging interval.*"
+)
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+# Lightning's per-Trainer banners (accelerator, tips, "max_epochs reached") would print three
+# times per run; our own stage log lines say what runs.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+MODEL_FILE = "model.pt"
+
+
+def sharpness_callbacks(optim_cfg: DictConfig, rho: float | None = None) -> list[Callback]:
+    """The sharpness-aware callback of an ``optim`` preset (SPEC §1), or none for plain SGD.
+
+    ``rho`` (the top-level key) overrides the preset's radius when given.
+    """
+    spec = optim_cfg.get("sharpness")
+    if spec is None:
+        return []
+    return [instantiate(spec, rho=rho) if rho is not None else instantiate(spec)]
+
+
+def make_trainer(
+    cfg: DictConfig, max_epochs: int, callbacks: list[Callback], logger: Any, root: Path
+) -> L.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer`` preset with the stage's epochs and hooks."""
+    return instantiate(
+        cfg.trainer,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(root),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )
+
+
+def load_model(cfg: DictConfig, entry: Path) -> nn.Module:
+    """A fresh backbone from ``cfg.model`` with the weights stored in a cache entry."""
+    net = instantiate(cfg.model)
+    net.load_state_dict(torch.load(entry / MODEL_FILE, map_location="cpu", weights_only=True))
+    return net
+
+
+def train_from_scratch(
+    cfg: DictConfig,
+    source: ImageSource,
+    forget_indices: np.ndarray | None,
+    train_set: str,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` from a fixed init on ``train_set`` with the pretraining settings
+    (optimizer A = ``pretrain.optim``, 000 App. C.1): f_A on ``train`` = S, or the oracle
+    f_A(R) on ``retain`` = R. Checkpoints every epoch into ``work_dir`` and resumes from the last
+    one after an interruption.
+    """
+    p = cfg.pretrain
+    L.seed_everything(p.seed, workers=True, verbose=False)
+    module = ERM(
+        instantiate(cfg.model),
+        optimizer=instantiate(p.optim.optimizer),
+        lr=p.lr,
+        epochs=p.epochs,
+        scheduler=p.scheduler,
+        train_set=train_set,
+        name="pretrain" if train_set == "train" else "oracle",
+    )
+    data = UnlearningDataModule(
+        source,
+        forget_indices,
+        (train_set,),
+        p.batch_size,
+        cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+    )
+    ckpt_dir = work_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    trainer = make_trainer(
+        cfg,
+        p.epochs,
+        [checkpoint, *sharpness_callbacks(p.optim)],
+        CSVLogger(work_dir, name="logs", version=0),
+        work_dir,
+    )
+    last = ckpt_dir / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+    torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {"train_seconds": time.perf_counter() - start, "epochs": p.epochs}
