@@ -13,7 +13,6 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
-import hydra.utils
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import real_datasets as rd
 from datamodules.errors import DataConfigError, DatasetNotFoundError
+from datamodules.sources import build_source
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
@@ -439,7 +439,7 @@ def test_dataset_config_instantiates_and_loads(tmp_path: Path, name: str) -> Non
     assert set(raw) == {"dataset"}
     cfg = OmegaConf.merge(raw, {"paths": {"data_dir": str(tmp_path)}})
     OmegaConf.resolve(cfg)
-    src = hydra.utils.instantiate(cfg.dataset)
+    src = build_source(cfg.dataset)
     assert type(src) is cls
     assert (src.name, src.num_classes, src.in_channels) == (name, num_classes, 3)
     assert src.root.is_relative_to(tmp_path)
@@ -464,7 +464,7 @@ def test_dataset_presets_compose_in_the_primary_config(tmp_path: Path) -> None:
         for name, (cls, _, num_classes) in CONFIGS.items():
             cfg = compose("config", overrides=[f"dataset={name}", f"paths.data_dir={tmp_path}"])
             assert cfg.dataset.num_classes == num_classes
-            src = hydra.utils.instantiate(cfg.dataset)
+            src = build_source(cfg.dataset)
             assert type(src) is cls and src.root.parent == tmp_path
             with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
                 src.check()
