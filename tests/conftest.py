@@ -53,6 +53,15 @@ def config(tmp_path: Path, shared_cache: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def cli_dirs(tmp_path: Path) -> list[str]:
+    """Overrides that keep a CLI run's cache and logs inside ``tmp_path``, without progress bars."""
+    return [
+        "trainer.enable_progress_bar=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+
+
 def run_cli(
     args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 600
 ):

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import run_cli
+from tests.conftest import cli_dirs, run_cli
 
 
 def test_multirun_over_methods_pretrains_once_and_retrains_the_oracle_once(tmp_path):
@@ -12,9 +12,7 @@ def test_multirun_over_methods_pretrains_once_and_retrains_the_oracle_once(tmp_p
             "method=finetune,ga,neggrad",
             "pretrain.epochs=3",
             "method.epochs=2",
-            "trainer.enable_progress_bar=false",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.log_dir={tmp_path / 'logs'}",
+            *cli_dirs(tmp_path),
         ],
         tmp_path,
     )
@@ -39,9 +37,7 @@ def test_second_run_changing_only_alpha_reuses_every_stage(tmp_path):
     common = [
         "pretrain.epochs=2",
         "method.epochs=1",
-        "trainer.enable_progress_bar=false",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
+        *cli_dirs(tmp_path),
     ]
     first = run_cli(["method=neggrad", "alpha=0.99", *common], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -61,9 +57,7 @@ def test_method_by_optimizer_sweep_shares_one_pretraining_and_one_oracle(tmp_pat
             "rho=1.0",
             "pretrain.epochs=2",
             "method.epochs=1",
-            "trainer.enable_progress_bar=false",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.log_dir={tmp_path / 'logs'}",
+            *cli_dirs(tmp_path),
         ],
         tmp_path,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from datamodules.errors import DataConfigError
-from tests.conftest import run_cli
+from tests.conftest import cli_dirs, run_cli
 from unlearning.pipeline import run
 
 
@@ -63,9 +63,7 @@ def test_mem_levels_sweep_estimates_scores_once(tmp_path):
             "pretrain.epochs=2",
             "memorization.members=4",
             "memorization.epochs=1",
-            "trainer.enable_progress_bar=false",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.log_dir={tmp_path / 'logs'}",
+            *cli_dirs(tmp_path),
         ],
         tmp_path,
     )

@@ -35,20 +35,12 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "file", "is_proxy": 0}
     x, y = stack_dataset(source.dataset("train", augment=False))
+    recipe = {k: mem[k] for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")}
     if mem.source == "learning_speed":
         from unlearning.memorization_proxies import learning_speed_proxy
 
         scores = learning_speed_proxy(
-            lambda: instantiate(cfg.model),
-            x,
-            y,
-            epochs=mem.epochs,
-            lr=mem.lr,
-            batch_size=mem.batch_size,
-            momentum=mem.momentum,
-            weight_decay=mem.weight_decay,
-            seed=mem.seed,
-            eval_batch_size=cfg.eval_batch_size,
+            lambda: instantiate(cfg.model), x, y, **recipe, eval_batch_size=cfg.eval_batch_size
         )
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "learning_speed", "is_proxy": 1}
@@ -58,14 +50,9 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         lambda: instantiate(cfg.model),
         x,
         y,
+        **recipe,
         members=mem.members,
         fraction=mem.fraction,
-        epochs=mem.epochs,
-        lr=mem.lr,
-        batch_size=mem.batch_size,
-        momentum=mem.momentum,
-        weight_decay=mem.weight_decay,
-        seed=mem.seed,
         strategy=mem.strategy,
         chunk_size=mem.chunk_size,
         workers=mem.workers,
