@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from callbacks.sharpness import SAM
+from callbacks.sharpness import ASAM, SAM
 from unlearning.methods import SharpMinMax
 from unlearning.saliency import forget_gradient_saliency, top_fraction_mask
 
@@ -73,12 +73,23 @@ def test_each_part_moves_only_by_its_own_objective(masks):
         assert torch.equal(base[name][~mask], other_forget[name][~mask])
 
 
-def test_steps_equal_sam_on_retain_and_sharpness_max_on_forget(masks):
-    batch, alpha, lr, rho_r, rho_f = _batch(1), 0.9, 0.1, 0.2, 0.05
-    after = _one_step(batch, masks, sharpness=SAM(rho=rho_r), alpha=alpha, lr=lr)
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_steps_equal_sam_on_retain_and_sharpness_max_on_forget(masks, adaptive):
+    batch, alpha, lr, rho_r, rho_f, eta = _batch(1), 0.9, 0.1, 0.2, 0.05, 0.01
+    settings = ASAM(rho=rho_r, eta=eta) if adaptive else SAM(rho=rho_r)
+    after = _one_step(batch, masks, sharpness=settings, alpha=alpha, lr=lr)
     net = _net()
     names = [n for n, _ in net.named_parameters()]
     params = [p for _, p in net.named_parameters()]
+    # ASAM (official code): T_w = |w| + eta on parameters named *weight*, 1 elsewhere
+    scale = [
+        p.detach().abs() + eta if adaptive and "weight" in n else torch.ones_like(p)
+        for n, p in zip(names, params)
+    ]
+
+    def perturbation(g, rho):
+        norm = torch.sqrt(sum(((t * gi) ** 2).sum() for t, gi in zip(scale, g)))
+        return [rho * t * t * gi / norm for t, gi in zip(scale, g)]
 
     def grad_at(loss_fn, shift):
         with torch.no_grad():
@@ -101,12 +112,10 @@ def test_steps_equal_sam_on_retain_and_sharpness_max_on_forget(masks):
         return -(1 - alpha) * F.cross_entropy(net(batch["forget"][0]), batch["forget"][1])
 
     g_r = [g * m for g, m in zip(grad_at(retain, zero), rm)]
-    norm = torch.sqrt(sum((g**2).sum() for g in g_r))
-    e_r = [rho_r * g / norm for g in g_r]
-    d_r = [g * m for g, m in zip(grad_at(retain, e_r), rm)]  # SAM: grad at w + e_R
+    e_r = perturbation(g_r, rho_r)
+    d_r = [g * m for g, m in zip(grad_at(retain, e_r), rm)]  # SAM/ASAM: grad at w + e_R
     g_f = [g * m for g, m in zip(grad_at(forget, zero), fm)]
-    norm = torch.sqrt(sum((g**2).sum() for g in g_f))
-    e_f = [rho_f * g / norm for g in g_f]
+    e_f = perturbation(g_f, rho_f)
     d_f = [(2 * g - gp) * m for g, gp, m in zip(g_f, grad_at(forget, e_f), fm)]  # 000 eq. 8
     for name, p, a, b in zip(names, params, d_r, d_f):
         assert torch.allclose(after[name], p - lr * (a + b), atol=1e-6), name

@@ -11,6 +11,10 @@ forget set, cached). Each step, on a joint batch (B retain + B forget samples):
 * retain part: ``L_R(w) = α·CE(R)`` with the selected ``optim``: SAM/ASAM (ê_R from the retain
   part alone) or the plain gradient for ``optim=sgd``.
 
+Both perturbations belong to the selected optimizer's family: under ``optim=asam`` ê_F is
+adaptive too (``T_w = |w| + η``), so ``rho=1.0`` means the same relative radius on both parts;
+under ``optim=sam`` or ``sgd`` ê_F is SAM's ``ρ g/‖g‖``.
+
 The two directions live on disjoint entries; their sum is handed to one base optimizer (SGD with
 momentum and weight decay acts elementwise, so this equals two optimizers with the same settings).
 """
@@ -108,6 +112,13 @@ class SharpMinMax(UnlearningMethod):
             return -(1.0 - self.alpha) * self.cross_entropy(batch, "forget")
 
         s = self.retain_sharpness
+        adaptive = s is not None and s.adaptive
+        shape = {  # the perturbation family of the selected optim (ASAM: adaptive) for both parts
+            "adaptive": adaptive,
+            "eta": s.eta if s is not None else 0.0,
+            "flags": adaptive_flags([n for n, _ in named], s.adaptive_params) if adaptive else None,
+            "module": self.net,
+        }
         if s is None:
             loss_r = retain_loss()
             grads = torch.autograd.grad(loss_r, params, allow_unused=True)
@@ -118,26 +129,11 @@ class SharpMinMax(UnlearningMethod):
             loss_r = loss_r.detach()
         else:
             loss_r, d_r = sharpness_aware_grad(
-                retain_loss,
-                params,
-                s.rho,
-                objective="minimize",
-                adaptive=s.adaptive,
-                eta=s.eta,
-                flags=adaptive_flags([n for n, _ in named], s.adaptive_params)
-                if s.adaptive
-                else None,
-                masks=retain_mask,
-                module=self.net,
+                retain_loss, params, s.rho, objective="minimize", masks=retain_mask, **shape
             )
         rho_f = self.forget_rho or (s.rho if s is not None else 0.1)
         loss_f, d_f = sharpness_aware_grad(
-            forget_loss,
-            params,
-            rho_f,
-            objective=self.forget_objective,
-            masks=forget_mask,
-            module=self.net,
+            forget_loss, params, rho_f, objective=self.forget_objective, masks=forget_mask, **shape
         )
         optimizer = self.optimizers()
         optimizer.zero_grad()
