@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from datamodules.sources import build_source
+from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning import stages
@@ -25,7 +27,7 @@ from unlearning.cache import StageCache
 from unlearning.metrics.accuracy import accuracy
 from unlearning.metrics.tow import tug_of_war
 from unlearning.plots import plot_scores
-from unlearning.results import MODELS, SETS, accuracy_key, summary_table, write_results
+from unlearning.results import SETS, accuracy_key, summary_table, write_results
 from unlearning.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,13 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "memorization": scores,
         "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
         "oracle": {**pretrain, "split": split},
+        # saliency mask of f_A for methods that split the model (MinMax, SalUn)
+        "mask": {
+            "pretrain": pretrain,
+            "split": split,
+            "fraction": OmegaConf.select(cfg, "method.fraction"),
+            "batch_size": OmegaConf.select(cfg, "method.batch_size"),
+        },
     }
 
 
@@ -114,28 +123,43 @@ def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
     }
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the whole pipeline for one config; return the ``results.json`` payload."""
+@dataclass
+class Artefacts:
+    """The cached stages one job works from (SPEC §0)."""
+
+    pretrained: Path
+    split: Path
+    oracle: Path
+    forget_indices: np.ndarray
+    test_indices: np.ndarray | None
+    scores: np.ndarray | None = None
+    scores_entry: Path | None = None
+
+
+def check_inputs(cfg: DictConfig) -> ImageSource:
+    """Everything that can be checked before any training: config values, the data on disk, the
+    forget-set size and a score file. Returns the data source."""
     validate_config(cfg)
     source = build_source(cfg.dataset)
     source.check()
-    n_train = len(source.targets("train"))
     if "size" in cfg.split:
-        forget_count(cfg.split.size, n_train)  # fails fast on a bad split.size
+        forget_count(cfg.split.size, len(source.targets("train")))
     if stages.uses_scores(cfg) and cfg.memorization.source == "file":
-        mem = cfg.memorization  # a wrong score file fails now, not after pretraining
+        mem = cfg.memorization
         stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    return source
 
-    cache = StageCache(cfg.paths.cache_dir)
+
+def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Artefacts:
+    """Pretraining, memorization scores (if the split needs them), the split and the oracle, each
+    computed once per key and reused by every later job."""
     keys = stage_configs(cfg)
     pretrained = cache.get_or_compute(
         "pretrain",
         keys["pretrain"],
         lambda d: stages.train_from_scratch(cfg, source, None, "train", d),
     )
-    scores = None
+    scores = scores_entry = None
     if stages.uses_scores(cfg):
         scores_entry = cache.get_or_compute(
             "memorization",
@@ -144,65 +168,91 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         with np.load(scores_entry / stages.SCORES_FILE) as data:
             scores = data["scores"]
-    split_entry = cache.get_or_compute(
+    split = cache.get_or_compute(
         "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, scores, d)
     )
-    forget_indices = np.load(split_entry / stages.FORGET_FILE)
-    test_file = split_entry / stages.TEST_FILE
-    test_indices = np.load(test_file) if test_file.is_file() else None
-    oracle_entry = cache.get_or_compute(
+    forget = np.load(split / stages.FORGET_FILE)
+    test_file = split / stages.TEST_FILE
+    oracle = cache.get_or_compute(
         "oracle",
         keys["oracle"],
-        lambda d: stages.train_from_scratch(cfg, source, forget_indices, "retain", d),
+        lambda d: stages.train_from_scratch(cfg, source, forget, "retain", d),
     )
+    test = np.load(test_file) if test_file.is_file() else None
+    return Artefacts(pretrained, split, oracle, forget, test, scores, scores_entry)
 
-    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+
+def unlearning_stage(
+    cfg: DictConfig,
+    source: ImageSource,
+    cache: StageCache,
+    art: Artefacts,
+    loggers: list,
+    out: Path,
+) -> tuple[nn.Module, float, str]:
+    """The unlearned model, its RTE in seconds and the status. ``retrain`` is served by the
+    oracle stage; methods that split the model get their (cached) forget mask."""
     if stages.is_from_scratch(cfg):
         log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
-        unlearned, status = stages.load_model(cfg, oracle_entry), "ok"
-        rte_s = float(StageCache.meta(oracle_entry)["seconds"])
-    else:
-        log.info("[unlearn] computing: method=%s optim=%s", cfg.method.name, cfg.optim.name)
-        mask_entry = None
-        if stages.needs_forget_mask(cfg):
-            mask_key = {
-                "pretrain": keys["pretrain"],
-                "split": keys["split"],
-                "fraction": cfg.method.fraction,
-                "batch_size": cfg.method.batch_size,
-            }
-            mask_entry = cache.get_or_compute(
-                "mask",
-                mask_key,
-                lambda d: stages.compute_forget_mask(cfg, source, forget_indices, pretrained, d),
-            )
-        unlearned, rte_s, status = stages.unlearn(
-            cfg, source, forget_indices, pretrained, loggers, output_dir, mask_entry
+        return (
+            stages.load_model(cfg, art.oracle),
+            float(StageCache.meta(art.oracle)["seconds"]),
+            "ok",
         )
+    mask = None
+    if stages.needs_forget_mask(cfg):
+        mask = cache.get_or_compute(
+            "mask",
+            stage_configs(cfg)["mask"],
+            lambda d: stages.compute_forget_mask(
+                cfg, source, art.forget_indices, art.pretrained, d
+            ),
+        )
+    log.info("[unlearn] computing: method=%s optim=%s", cfg.method.name, cfg.optim.name)
+    return stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, out, mask)
+
+
+def split_metrics(art: Artefacts) -> dict[str, float]:
+    """What the split stage recorded (memorization means and overlaps, noisy samples in F)."""
+    metrics = {
+        f"split/{name}": float(value)
+        for name, value in StageCache.meta(art.split).items()
+        if name.startswith(("overlap_", "mean_mem", "n_noisy"))
+    }
+    if art.scores_entry is not None:
+        metrics["split/mem_is_proxy"] = float(StageCache.meta(art.scores_entry).get("is_proxy", 0))
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole pipeline for one config; return the ``results.json`` payload."""
+    source = check_inputs(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(cfg.paths.cache_dir)
+    art = cached_stages(cfg, source, cache)
+    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    unlearned, rte_s, status = unlearning_stage(cfg, source, cache, art, loggers, output_dir)
 
     data = UnlearningDataModule(
         source,
-        forget_indices,
+        art.forget_indices,
         eval_batch_size=cfg.eval_batch_size,
         num_workers=cfg.num_workers,
-        test_indices=test_indices,
+        test_indices=art.test_indices,
     )
     models = {
-        "original": stages.load_model(cfg, pretrained),
-        "oracle": stages.load_model(cfg, oracle_entry),
+        "original": stages.load_model(cfg, art.pretrained),
+        "oracle": stages.load_model(cfg, art.oracle),
         "unlearned": unlearned,
     }
     metrics: dict[str, float] = evaluate(models, data, source.num_classes)
     metrics.update(derived_metrics(metrics, rte_s))
     metrics["split/n_forget"] = float(data.set_size("forget"))
     metrics["split/n_retain"] = float(data.set_size("retain"))
-    split_meta = StageCache.meta(split_entry)
-    for name, value in split_meta.items():
-        if name.startswith(("overlap_", "mean_mem", "n_noisy")):
-            metrics[f"split/{name}"] = float(value)
-    if scores is not None:
-        metrics["split/mem_is_proxy"] = float(StageCache.meta(scores_entry).get("is_proxy", 0))
-        plot_scores(scores, forget_indices, output_dir / "memorization.png", cfg.split.name)
+    metrics.update(split_metrics(art))
+    if art.scores is not None:
+        plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
 
     for logger in loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
@@ -217,6 +267,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     print(summary_table(metrics, title) + f"\nresults: {output_dir / 'results.json'}", flush=True)
     return {"status": status, "config": config, "metrics": metrics}
-
-
-__all__ = ["MODELS", "derived_metrics", "evaluate", "run", "stage_configs"]

@@ -46,7 +46,16 @@ def test_cache_key_changes_when_and_only_when_a_determining_value_changes(
     config, override, changed
 ):
     base, new = _keys(config), _keys(config, override)
+    if changed & {"pretrain", "split"}:
+        changed = changed | {"mask"}  # the saliency mask is computed on f_A and F
     assert {stage for stage in base if base[stage] != new[stage]} == changed
+
+
+def test_mask_key_tracks_the_mask_fraction_only_among_method_settings(config):
+    base = _keys(config, "method=minmax")
+    assert _keys(config, "method=minmax", "alpha=0.5", "method.lr=1", "optim=asam") == base
+    changed = _keys(config, "method=minmax", "method.fraction=0.1")
+    assert {stage for stage in base if base[stage] != changed[stage]} == {"mask"}
 
 
 def test_get_or_compute_computes_once_then_hits(tmp_path):
