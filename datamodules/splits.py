@@ -6,9 +6,14 @@ pipeline (STYLE.md: datamodules never import the library).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
 from datamodules.errors import DataConfigError
+from datamodules.sources import ImageSource
 
 
 def forget_count(size: float | int, n_train: int, key: str = "split.size") -> int:
@@ -125,3 +130,58 @@ def class_forget_set(targets: np.ndarray, label: int, key: str = "split.label") 
         present = sorted(set(np.unique(targets).tolist()))
         raise DataConfigError(key, label, f"choose a class present in S: {present[:20]}")
     return forget
+
+
+#: split rules that need memorization scores.
+MEMORIZATION_SPLITS = ("mem_high", "mem_mid", "mem_low", "mix")
+
+
+@dataclass
+class ForgetSplit:
+    """The result of a ``split`` rule: F's indices in S, the part of D_test to evaluate on
+    (``None`` = all of it), and summary numbers recorded in ``results.json`` under ``split/``."""
+
+    forget: np.ndarray
+    test: np.ndarray | None = None
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def select_split(
+    split: Mapping[str, Any], source: ImageSource, scores: np.ndarray | None = None
+) -> ForgetSplit:
+    """Apply the ``split`` config (SPEC §3) to ``source``: ``random``, ``mem_high|mid|low``,
+    ``mix`` (these need ``scores``), ``class`` or ``group``."""
+    name, targets = split["name"], source.targets("train")
+    summary: dict[str, float] = {}
+    test = None
+    if name == "random":
+        forget = random_forget_set(targets, split["size"], split["seed"], split["stratified"])
+    elif name in MEMORIZATION_SPLITS:
+        if scores is None:
+            raise ValueError(f"split={name} needs memorization scores")
+        levels = memorization_levels(scores, split["size"], disjoint=split.get("disjoint", False))
+        forget = (
+            mixed_memorization_forget_set(scores, split["size"])
+            if name == "mix"
+            else levels[name.removeprefix("mem_")]
+        )
+        summary.update({f"overlap_{k}": v for k, v in level_overlaps(levels).items()})
+        summary["mean_mem"] = float(np.nanmean(scores[forget]))
+        summary["mean_mem_all"] = float(np.nanmean(scores))
+    elif name == "class":
+        forget = class_forget_set(targets, split["label"])
+        test = np.flatnonzero(source.targets("test") != split["label"])
+    elif name == "group":
+        if not hasattr(source, "fine_targets"):
+            raise DataConfigError(
+                "split", "group", f"dataset={source.name} has no sub-classes; use dataset=cifar20"
+            )
+        fine = split["fine_label"]
+        forget = class_forget_set(source.fine_targets("train"), fine, "split.fine_label")
+        test = np.flatnonzero(source.fine_targets("test") != fine)
+    else:
+        raise DataConfigError("split.name", name, "unknown split rule")
+    flipped = getattr(source, "flipped", None)
+    if flipped is not None:
+        summary["n_noisy_forget"] = int(np.isin(forget, flipped).sum())
+    return ForgetSplit(forget, test, summary)

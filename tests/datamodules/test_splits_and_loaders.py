@@ -129,3 +129,28 @@ def test_label_noise_flips_a_fixed_fraction_to_other_classes():
     assert np.array_equal(source.targets("test"), Digits().targets("test"))
     assert np.array_equal(build_source(config).flipped, source.flipped)  # seeded
     assert build_source({**config, "label_noise": 0.0}).__class__ is Digits
+
+
+def test_group_split_forgets_one_fine_class_of_cifar20_and_drops_it_from_test(tmp_path):
+    from datamodules.real_datasets import CIFAR20
+    from datamodules.splits import select_split
+    from tests.datamodules.test_real_datasets import write_cifar100
+
+    write_cifar100(tmp_path)  # fine labels: train [0, 99, 5, 42, 42, 7], test [99, 3, 64, 0]
+    source = CIFAR20(root=str(tmp_path))
+    split = select_split({"name": "group", "fine_label": 42}, source)
+    assert split.forget.tolist() == [3, 4] and split.test.tolist() == [0, 1, 2, 3]
+    split = select_split({"name": "group", "fine_label": 99}, source)
+    assert split.forget.tolist() == [1] and split.test.tolist() == [1, 2, 3]
+    with pytest.raises(DataConfigError, match="cifar20"):
+        select_split({"name": "group", "fine_label": 1}, Digits())
+
+
+def test_class_split_keeps_the_other_classes_in_the_test_set():
+    from datamodules.splits import select_split
+
+    source = Digits()
+    split = select_split({"name": "class", "label": 4}, source)
+    assert set(source.targets("train")[split.forget]) == {4}
+    assert 4 not in set(source.targets("test")[split.test])
+    assert len(split.test) == (source.targets("test") != 4).sum()

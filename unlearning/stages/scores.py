@@ -13,9 +13,7 @@ from omegaconf import DictConfig
 
 from datamodules.errors import DataConfigError
 from datamodules.sources import ImageSource
-
-MEMORIZATION_SPLITS = ("mem_high", "mem_mid", "mem_low", "mix")
-
+from datamodules.splits import MEMORIZATION_SPLITS
 
 SCORES_FILE = "scores.npz"
 
