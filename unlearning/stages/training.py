@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 from torch import nn
 
+from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.methods.erm import ERM
@@ -78,8 +79,9 @@ def train_from_scratch(
 ) -> dict[str, Any]:
     """Train ``cfg.model`` from a fixed init on ``train_set`` with the pretraining settings
     (optimizer A = ``pretrain.optim``, 000 App. C.1): f_A on ``train`` = S, or the oracle
-    f_A(R) on ``retain`` = R. Checkpoints every epoch into ``work_dir`` and resumes from the last
-    one after an interruption.
+    f_A(R) on ``retain`` = R. Checkpoints every epoch (with the RNG states) into ``work_dir`` and
+    resumes from the last one after an interruption, ending with the same weights as an
+    uninterrupted run on CPU.
     """
     p = cfg.pretrain
     L.seed_everything(p.seed, workers=True, verbose=False)
@@ -101,17 +103,24 @@ def train_from_scratch(
         num_workers=cfg.num_workers,
     )
     ckpt_dir = work_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    # keeps only the newest epoch's checkpoint, overwritten every epoch (Lightning writes
+    # `last.ckpt` only alongside a top-k save, so an explicit "latest" file is used instead)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="latest", save_top_k=1, enable_version_counter=False
+    )
     trainer = make_trainer(
         cfg,
         p.epochs,
-        [checkpoint, *sharpness_callbacks(p.optim)],
-        CSVLogger(work_dir, name="logs", version=0),
+        [checkpoint, RNGStateCheckpoint(), *sharpness_callbacks(p.optim)],
+        CSVLogger(work_dir, name="logs"),  # one version per attempt (resumes keep earlier logs)
         work_dir,
     )
-    last = ckpt_dir / "last.ckpt"
+    last = ckpt_dir / "latest.ckpt"
     start = time.perf_counter()
     trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+    if trainer.interrupted or trainer.current_epoch < p.epochs:
+        # never let an unfinished model become a cache entry
+        raise RuntimeError(f"training stopped at epoch {trainer.current_epoch} of {p.epochs}")
     torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"train_seconds": time.perf_counter() - start, "epochs": p.epochs}
