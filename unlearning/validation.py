@@ -83,6 +83,14 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError("memorization.fraction", fraction, "must lie in (0, 1), e.g. 0.7")
     for key in ("optim", "pretrain.optim"):
         _check_sharpness(cfg, key, cfg.get("rho") if key == "optim" else None)
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.accelerator", accelerator, "no CUDA GPU is visible here; use trainer=cpu"
+            )
     target = OmegaConf.select(cfg, "method._target_")
     try:
         method_cls: Any = get_class(target)

@@ -1,6 +1,7 @@
 """Bad input fails at start-up with a message naming the key, the value and what is allowed."""
 
 import pytest
+import torch
 
 from datamodules.errors import DataConfigError
 from tests.conftest import run_cli
@@ -24,6 +25,12 @@ from unlearning.pipeline import run
         ("model.num_classes=5", "model.num_classes", "10 classes"),
         ("method._target_=unlearning.models.SmallCNN", "method._target_", "UnlearningMethod"),
         ("method._target_=nowhere.Method", "method._target_", "cannot import"),
+        pytest.param(
+            "trainer=gpu",
+            "trainer.accelerator",
+            "trainer=cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(config, tmp_path, override, key, hint):
