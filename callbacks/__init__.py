@@ -2,6 +2,8 @@
 
 * :mod:`callbacks.sharpness` -- sharpness-aware optimisation (SAM, ASAM, sharpness
   maximisation) wrapped around the base optimizer's step (SPEC §1, docs/config/optim.md).
+* :mod:`callbacks.rng_state` -- random-generator states saved in checkpoints, so a resumed run
+  draws the same batches as an uninterrupted one.
 
 This package never imports from ``unlearning/`` or ``datamodules/``.
 """
