@@ -50,8 +50,14 @@ def _check_sharpness(cfg: DictConfig, key: str, rho: float | None) -> None:
         raise ConfigError(f"{key}.sharpness", OmegaConf.to_container(spec), str(cause)) from None
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
+def _in_open_unit(cfg: DictConfig, key: str, example: str) -> None:
+    value = _number(cfg, key)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(key, value, f"must lie in (0, 1), e.g. {key}={example}")
+
+
+def _check_training(cfg: DictConfig) -> None:
+    """Retain weight, ρ, and the pretraining and unlearning schedules."""
     _in_range(cfg, "alpha", 0.0, 1.0, "0.99")
     if cfg.get("rho") is not None:
         _positive(cfg, "rho")
@@ -62,35 +68,16 @@ def validate_config(cfg: DictConfig) -> None:
         scheduler = OmegaConf.select(cfg, f"{prefix}.scheduler")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"{prefix}.scheduler", scheduler, f"choose one of {list(SCHEDULERS)}")
-    if OmegaConf.select(cfg, "method.fraction") is not None:
-        value = _number(cfg, "method.fraction")
-        if not 0.0 < value < 1.0:
-            raise ConfigError(
-                "method.fraction", value, "the mask fraction must lie in (0, 1), e.g. 0.3"
-            )
-    if OmegaConf.select(cfg, "method.forget_rho") is not None:
-        _positive(cfg, "method.forget_rho")
-    source = OmegaConf.select(cfg, "memorization.source")
-    if source not in ("estimate", "file", "learning_speed"):
-        raise ConfigError("memorization.source", source, "choose estimate, file or learning_speed")
-    if source in ("estimate", "learning_speed"):
-        _positive(cfg, "memorization.epochs", integer=True)
-        _positive(cfg, "memorization.lr")
-    if source == "estimate":
-        _positive(cfg, "memorization.members", integer=True)
-        fraction = _number(cfg, "memorization.fraction")
-        if not 0.0 < fraction < 1.0:
-            raise ConfigError("memorization.fraction", fraction, "must lie in (0, 1), e.g. 0.7")
     for key in ("optim", "pretrain.optim"):
         _check_sharpness(cfg, key, cfg.get("rho") if key == "optim" else None)
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
-    if accelerator in ("gpu", "cuda"):
-        import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "trainer.accelerator", accelerator, "no CUDA GPU is visible here; use trainer=cpu"
-            )
+
+def _check_method(cfg: DictConfig) -> None:
+    """The method class and its mask settings (Sharp MinMax)."""
+    if OmegaConf.select(cfg, "method.fraction") is not None:
+        _in_open_unit(cfg, "method.fraction", "0.3")
+    if OmegaConf.select(cfg, "method.forget_rho") is not None:
+        _positive(cfg, "method.forget_rho")
     target = OmegaConf.select(cfg, "method._target_")
     try:
         method_cls: Any = get_class(target)
@@ -100,6 +87,21 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "method._target_", target, "must be a subclass of unlearning.methods.UnlearningMethod"
         )
+
+
+def _check_memorization(cfg: DictConfig) -> None:
+    source = OmegaConf.select(cfg, "memorization.source")
+    if source not in ("estimate", "file", "learning_speed"):
+        raise ConfigError("memorization.source", source, "choose estimate, file or learning_speed")
+    if source in ("estimate", "learning_speed"):
+        _positive(cfg, "memorization.epochs", integer=True)
+        _positive(cfg, "memorization.lr")
+    if source == "estimate":
+        _positive(cfg, "memorization.members", integer=True)
+        _in_open_unit(cfg, "memorization.fraction", "0.7")
+
+
+def _check_model_and_device(cfg: DictConfig) -> None:
     model_classes = OmegaConf.select(cfg, "model.num_classes")
     data_classes = OmegaConf.select(cfg, "dataset.num_classes")
     if model_classes != data_classes:
@@ -109,3 +111,19 @@ def validate_config(cfg: DictConfig) -> None:
             f"dataset={cfg.dataset.name} has {data_classes} classes; leave model.num_classes at "
             "its default (${dataset.num_classes}) or set it to the same value",
         )
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.accelerator", accelerator, "no CUDA GPU is visible here; use trainer=cpu"
+            )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
+    _check_training(cfg)
+    _check_method(cfg)
+    _check_memorization(cfg)
+    _check_model_and_device(cfg)
