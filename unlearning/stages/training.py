@@ -30,6 +30,8 @@ warnings.filterwarnings(
     "ignore", message=".*number of training batches.*smaller than the logging interval.*"
 )
 warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+# a resumed stage finds its own checkpoint directory: that is the point
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 # Lightning's per-Trainer banners (accelerator, tips, "max_epochs reached") would print three
 # times per run; our own stage log lines say what runs.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
