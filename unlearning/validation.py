@@ -89,6 +89,18 @@ def _check_method(cfg: DictConfig) -> None:
         )
 
 
+def _check_method_arguments(cfg: DictConfig) -> None:
+    """Build the method once on a fresh backbone, so that the constructor's own checks (each
+    naming its ``method.<key>``) fail now rather than after pretraining."""
+    try:
+        instantiate(cfg.method, net=instantiate(cfg.model), optimizer=None)
+    except Exception as exc:  # hydra wraps the constructor's ValueError
+        cause = exc.__cause__ or exc
+        if not isinstance(cause, (ValueError, TypeError)):
+            raise
+        raise ConfigError("method", cfg.method.name, str(cause)) from None
+
+
 def _check_memorization(cfg: DictConfig) -> None:
     source = OmegaConf.select(cfg, "memorization.source")
     if source not in ("estimate", "file", "learning_speed"):
@@ -127,3 +139,4 @@ def validate_config(cfg: DictConfig) -> None:
     _check_method(cfg)
     _check_memorization(cfg)
     _check_model_and_device(cfg)
+    _check_method_arguments(cfg)

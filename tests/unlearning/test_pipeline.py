@@ -95,3 +95,13 @@ def test_minmax_lowers_forget_accuracy_and_keeps_retain_accuracy(config):
     assert result["config"]["optim"]["name"] == "sam"
     assert m["original/acc_forget"] - m["unlearned/acc_forget"] >= 0.03
     assert m["original/acc_retain"] - m["unlearned/acc_retain"] <= 0.02
+
+
+def test_same_config_and_seed_give_identical_metrics(neggrad_results, tmp_path, shared_cache):
+    from tests.conftest import make_config
+
+    again = run(make_config(["method=neggrad"], tmp_path / "again", shared_cache))["metrics"]
+    first = neggrad_results[0]["metrics"]
+    assert {k: v for k, v in again.items() if k != "rte_s"} == {
+        k: v for k, v in first.items() if k != "rte_s"
+    }

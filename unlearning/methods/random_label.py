@@ -1,0 +1,192 @@
+"""Random Label (RL, Hayase et al. 2020; 000 §2.2) and SalUn (Fan et al. 2023) — SPEC §2.
+
+**RL.** Fine-tune f_A on R ∪ F with every forget label replaced by a class drawn uniformly among
+the K − 1 *wrong* classes (SPEC §2), redrawn as training goes on. Each step sees a joint batch of
+B retain and B forget samples (000 §2.2) and minimises the mean cross-entropy over their union::
+
+    L_RL = 1/(|B_R| + |B_F|) · [ Σ_{i∈B_R} CE(f(x_i), y_i) + Σ_{i∈B_F} CE(f(x_i), ỹ_i) ],
+    ỹ_i = (y_i + o_i) mod K,   o_i ~ U{1, …, K − 1}
+
+(with |B_R| = |B_F| this is ½·CE(R) + ½·CE(F̃)). The SalUn / Unlearn-Sparse code bases
+concatenate R and the relabelled F into one shuffled loader; here the union is formed per joint
+batch, one forward pass over both parts (BatchNorm sees the union, as there).
+
+*How the labels are drawn.* Batches carry only ``(x, y)``, no sample ids, and F cycles many
+times per epoch in joint batches, so a per-sample-per-epoch table cannot be indexed. Instead the
+offsets ``o`` of a step are a pure function of ``(label seed, epoch, batch_idx)``: a
+``torch.Generator`` re-seeded from that triple at each step. Consequences: (i) both passes of
+SAM/ASAM (which call ``training_step`` twice on one batch) see the same labels, so the
+sharpness-aware step perturbs and descends one objective; (ii) labels are redrawn at every epoch
+(and at every appearance of a sample within an epoch: the expected gradient is that of
+uniformly random wrong labels, with more label noise than one draw per epoch); (iii) runs are
+reproducible and resumable. The label seed is drawn once in the constructor from the global RNG,
+which the pipeline seeds with ``cfg.seed``.
+
+**SalUn.** RL restricted to the saliency mask m (``True`` = salient): the top ``fraction`` of
+f_A's parameter entries by ``|Σ_b ∇CE(F_b)|`` after one pass over F, ranked globally
+(:mod:`unlearning.saliency`, computed and cached by the pipeline's mask stage). Salient entries
+follow the RL objective; all other entries stay *exactly* at f_A: gradients are masked after every
+backward pass (so a SAM/ASAM perturbation, computed from those gradients, also lives on the mask)
+and, after every optimizer step, the non-salient entries are copied back from f_A, so weight
+decay and momentum cannot move them either (the SalUn code only masks the gradient, which lets
+weight decay and momentum drift the frozen part; SPEC §2 asks for no drift).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unlearning.methods.base import Batch, UnlearningMethod
+
+_MIX = 1_000_003  # odd multiplier mixing (seed, epoch, batch_idx) into one generator seed
+
+
+def infer_num_classes(net: nn.Module) -> int | None:
+    """``out_features`` of the last ``nn.Linear`` of ``net`` (the classifier head), or None."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def random_wrong_labels(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
+    """``(y + o) mod K`` with ``o ~ U{1, …, K − 1}`` i.i.d.: uniform over the wrong classes."""
+    offsets = torch.randint(1, num_classes, y.shape, generator=generator)
+    return (y + offsets.to(y.device)) % num_classes
+
+
+class RandomLabel(UnlearningMethod):
+    """RL: cross-entropy on R ∪ F with F relabelled uniformly among wrong classes (SPEC §2).
+
+    Args:
+        num_classes: K (``${dataset.num_classes}``); ``None`` infers it from the backbone's last
+            ``nn.Linear``. Must be ≥ 2 (a wrong class must exist).
+
+    Paper defaults (000 App. C.2): lr 0.06 on CIFAR-100, 0.08 on CIFAR-10, 0.02 on ImageNet,
+    10 epochs, constant schedule. No retain weight: ``alpha`` does not apply.
+    """
+
+    train_sets: ClassVar[tuple[str, ...]] = ("retain", "forget")
+
+    def __init__(self, *args: Any, num_classes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if num_classes is None:
+            num_classes = infer_num_classes(self.net)
+            if num_classes is None:
+                raise ValueError(
+                    "method.num_classes=None: cannot infer the number of classes from the "
+                    "backbone (no nn.Linear head); set method.num_classes to an integer >= 2"
+                )
+        if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(
+                f"method.num_classes={num_classes!r}: must be an integer >= 2 (random labels "
+                "are drawn among the K - 1 wrong classes)"
+            )
+        self.num_classes = int(num_classes)
+        # drawn from the global RNG, which the pipeline seeds with cfg.seed before instantiating
+        self.label_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+    def label_generator(self, epoch: int, batch_idx: int) -> torch.Generator:
+        """The generator of step ``(epoch, batch_idx)``: re-seeded from the triple, so every call
+        (e.g. SAM's two passes) draws the same labels."""
+        seed = ((self.label_seed * _MIX + int(epoch)) * _MIX + int(batch_idx)) % (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def relabel(self, batch: Batch, epoch: int, batch_idx: int) -> Batch:
+        """``batch`` with the forget labels replaced by uniformly random wrong labels."""
+        x, y = batch["forget"]
+        labels = random_wrong_labels(y, self.num_classes, self.label_generator(epoch, batch_idx))
+        return {**batch, "forget": (x, labels)}
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean CE over the union of the retain part and the (already relabelled) forget part."""
+        (x_r, y_r), (x_f, y_f) = batch["retain"], batch["forget"]
+        logits = self.net(torch.cat([x_r, x_f]))
+        per_sample = F.cross_entropy(logits, torch.cat([y_r, y_f]), reduction="none")
+        n_r = len(y_r)
+        return per_sample.mean(), {
+            "loss_retain": per_sample[:n_r].mean().detach(),
+            "loss_forget": per_sample[n_r:].mean().detach(),
+        }
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return super().training_step(self.relabel(batch, self.current_epoch, batch_idx), batch_idx)
+
+
+class SalUn(RandomLabel):
+    """SalUn: RL on the salient entries only; the others stay bit-exactly at f_A (SPEC §2).
+
+    Args:
+        fraction: the share p of parameter entries that are salient (updated), in (0, 1).
+            Paper (000 App. C.2): 0.5 on CIFAR-100 / CIFAR-10, 0.3 on ImageNet / Tiny-ImageNet.
+        num_classes: as :class:`RandomLabel`.
+
+    The mask is handed over by the pipeline's mask stage (``needs_forget_mask``) through
+    :meth:`set_forget_mask` before training; the weights at that moment (f_A) are the anchor the
+    non-salient entries are restored to after every optimizer step.
+    """
+
+    #: the pipeline computes (and caches) the saliency mask for ``fraction``.
+    needs_forget_mask: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, fraction: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(fraction, bool) or not 0.0 < float(fraction) < 1.0:
+            raise ValueError(
+                f"method.fraction={fraction!r}: the salient share must lie in (0, 1), e.g. 0.5"
+            )
+        self.fraction = float(fraction)
+        self.forget_masks: dict[str, Tensor] | None = None
+        self.anchor: dict[str, Tensor] | None = None
+
+    def set_forget_mask(self, masks: dict[str, Tensor]) -> None:
+        """Boolean masks (``True`` = salient, updated) keyed by names of ``self.net``'s
+        parameters; the current weights (f_A) become the values of the non-salient entries."""
+        named = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
+        if sorted(masks) != sorted(named):
+            raise ValueError("the saliency mask does not match the backbone's parameters")
+        for name, p in named.items():
+            if masks[name].shape != p.shape:
+                raise ValueError(
+                    f"the saliency mask of {name} has shape {tuple(masks[name].shape)}"
+                )
+        self.forget_masks = {name: masks[name].to(torch.bool) for name in named}
+        self.anchor = {name: p.detach().clone() for name, p in named.items()}
+
+    def _masked(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """(parameter, mask, f_A value) triples, moving masks/anchors to the parameter's device."""
+        if self.forget_masks is None or self.anchor is None:
+            raise RuntimeError("SalUn needs its saliency mask: call set_forget_mask first")
+        out = []
+        for name, p in self.net.named_parameters():
+            if name not in self.forget_masks:
+                continue
+            mask, anchor = self.forget_masks[name], self.anchor[name]
+            if mask.device != p.device or anchor.device != p.device or anchor.dtype != p.dtype:
+                mask, anchor = mask.to(p.device), anchor.to(p.device, p.dtype)
+                self.forget_masks[name], self.anchor[name] = mask, anchor
+            out.append((p, mask, anchor))
+        return out
+
+    def on_fit_start(self) -> None:
+        self._masked()  # fail early without a mask; move mask and anchor to the device once
+
+    def on_after_backward(self) -> None:
+        """Zero the gradient of non-salient entries (runs after each backward pass, i.e. after
+        both passes of SAM/ASAM, so the perturbation ê is confined to the mask too)."""
+        with torch.no_grad():
+            for p, mask, _ in self._masked():
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+
+    def restore_frozen(self) -> None:
+        """Copy f_A back into the non-salient entries (undoes weight decay and momentum)."""
+        with torch.no_grad():
+            for p, mask, anchor in self._masked():
+                p.copy_(torch.where(mask, p, anchor))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.restore_frozen()
