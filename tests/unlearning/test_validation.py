@@ -104,3 +104,20 @@ def test_cli_unknown_optimizer_lists_the_options(tmp_path):
     result = run_cli(["optim=adamw_sam", f"paths.log_dir={tmp_path}"], tmp_path)
     assert result.returncode != 0 and "optim/adamw_sam" in result.stderr
     assert all(name in result.stderr for name in ("sgd", "sam", "asam", "sharpmax"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["method=scrub", "method.kd_T=-1"], "method.kd_T"),
+        (["method=ugradsl", "method.smoothing=1.5"], "method.smoothing"),
+        (["method=boundary_shrink", "method.epsilon=-0.1"], "method.epsilon"),
+        (["method=l1sparse", "method.gamma=-1"], "method.gamma"),
+        (["method=minmax", "method.forget_objective=minimize"], "method.forget_objective"),
+    ],
+)
+def test_method_constructor_checks_run_before_any_training(config, tmp_path, overrides, named):
+    with pytest.raises(ConfigError) as info:
+        run(config(*overrides, cache=tmp_path / "cache"))
+    assert info.value.key == "method" and named in str(info.value)
+    assert not (tmp_path / "cache").exists()
