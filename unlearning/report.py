@@ -41,10 +41,16 @@ class Job:
     method: str
     optim: str
     pretrain_optim: str
-    alpha: float
+    alpha: float | None  # the method's retain weight; None for methods that do not mix
     split: str
     seed: int
     metrics: dict[str, float | None]
+
+
+def _method_alpha(cfg: dict[str, Any]) -> float | None:
+    """α as the method used it (its ``method.alpha``), or None for methods without one."""
+    value = cfg.get("method", {}).get("alpha")
+    return None if value is None else float(value)
 
 
 def load_jobs(roots: Iterable[Path]) -> list[Job]:
@@ -61,7 +67,7 @@ def load_jobs(roots: Iterable[Path]) -> list[Job]:
                 method=cfg.get("method", {}).get("name", "?"),
                 optim=cfg.get("optim", {}).get("name", "?"),
                 pretrain_optim=cfg.get("pretrain", {}).get("optim", {}).get("name", "?"),
-                alpha=float(cfg.get("alpha", math.nan)),
+                alpha=_method_alpha(cfg),
                 split=cfg.get("split", {}).get("name", "?"),
                 seed=int(cfg.get("seed", 0)),
                 metrics=payload.get("metrics", {}),
@@ -85,7 +91,7 @@ def _row_key(job: Job, vary_pretrain: bool, vary_alpha: bool) -> str:
     label = f"{job.method} + {job.optim}"
     if vary_pretrain:
         label += f" (A={job.pretrain_optim})"
-    if vary_alpha:
+    if vary_alpha and job.alpha is not None:
         label += f" α={job.alpha:g}"
     return label
 
@@ -97,7 +103,7 @@ def summarise(
     over forget sets of the per-set means), the row labels and the split names, both sorted."""
     ok = [j for j in jobs if j.status == "ok" and j.metrics.get(metric) is not None]
     vary_pretrain = len({j.pretrain_optim for j in ok}) > 1
-    vary_alpha = len({j.alpha for j in ok}) > 1
+    vary_alpha = len({j.alpha for j in ok if j.alpha is not None}) > 1
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for job in ok:
         cells[(_row_key(job, vary_pretrain, vary_alpha), job.split)].append(
@@ -164,7 +170,8 @@ def _plots(
         lambda: defaultdict(list)
     )
     for j in ok:
-        curves[(j.method, j.optim, j.split)][j.alpha].append(float(j.metrics[metric]))
+        if j.alpha is not None:
+            curves[(j.method, j.optim, j.split)][j.alpha].append(float(j.metrics[metric]))
     curves = {key: points for key, points in curves.items() if len(points) > 1}
     if curves:  # some method was swept over alpha (000 Fig. 2)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)

@@ -22,7 +22,7 @@ def _write(root, method, optim, split, seed, tow, alpha=0.99, status="ok"):
     job = root / f"{method}_{optim}_{split}_{seed}_{alpha}"
     job.mkdir(parents=True)
     config = {
-        "method": {"name": method},
+        "method": {"name": method, "alpha": alpha},
         "optim": {"name": optim},
         "pretrain": {"optim": {"name": "sgd"}},
         "split": {"name": split},
