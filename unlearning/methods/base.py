@@ -8,6 +8,7 @@ sharpness-aware callback (``callbacks.sharpness``) can wrap any method's step un
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -74,6 +75,14 @@ class UnlearningMethod(L.LightningModule):
         """Mean cross-entropy of the ``set_name`` part of the batch."""
         x, y = batch[set_name]
         return F.cross_entropy(self.net(x), y)
+
+    def frozen_copy(self) -> nn.Module:
+        """A reference copy of the backbone as it is now (f_A when called in a constructor): eval
+        mode, no gradients — SCRUB's teacher, the boundary methods' original model."""
+        reference = copy.deepcopy(self.net).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        return reference
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective of one step and named parts to log. Subclasses override this."""

@@ -14,7 +14,6 @@ pseudo label:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -48,9 +47,7 @@ class BoundaryShrink(UnlearningMethod):
         if not (math.isfinite(float(epsilon)) and float(epsilon) > 0):
             raise ValueError(f"method.epsilon={epsilon!r}: the FGSM radius must be > 0, e.g. 0.1")
         self.epsilon = float(epsilon)
-        original = copy.deepcopy(self.net).eval()
-        for p in original.parameters():
-            p.requires_grad_(False)
+        original = self.frozen_copy()
         # kept out of the module tree: not trained, not checkpointed, not switched to train mode
         # by Lightning, not seen by the sharpness callback; moved to the batch's device on use
         object.__setattr__(self, "original", original)

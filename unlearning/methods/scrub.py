@@ -24,7 +24,6 @@ whose objective depends only on (epoch, batch index), so ``optim=sam|asam`` wrap
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -91,10 +90,7 @@ class SCRUB(UnlearningMethod):
                 "the first msteps epochs, so msteps must lie in [0, method.epochs]"
             )
         self.msteps = msteps
-        self.teacher = copy.deepcopy(self.net)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher.eval()  # frozen (requires_grad False: never handed to the optimizer)
+        self.teacher = self.frozen_copy()  # no gradients: never handed to the optimizer
         #: ``max`` or ``min``: which objective :meth:`loss` computes (set per training step).
         self.phase = "min"
 
