@@ -204,6 +204,48 @@ def _order_generator(seed: int, member: int) -> torch.Generator:
     return torch.Generator().manual_seed(_torch_seed(seed, member, _ORDER))
 
 
+def sgd_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The member optimizer: SGD with the recipe's momentum and weight decay."""
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    epoch: int,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> None:
+    """One epoch of mini-batch SGD over ``x[order]`` at the cosine learning rate of ``epoch``."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(epoch)
+    model.train()
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size].to(x.device)
+        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, cfg: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    """Eval-mode logits of ``model`` on all of ``x``, on the CPU."""
+    model.eval()
+    out = [
+        model(x[i : i + cfg.eval_batch_size].to(device)).float().cpu()
+        for i in range(0, len(x), cfg.eval_batch_size)
+    ]
+    return torch.cat(out)
+
+
 def _train_one(
     make_model: Callable[[], nn.Module],
     x: torch.Tensor,
@@ -215,31 +257,13 @@ def _train_one(
 ) -> torch.Tensor:
     """Train one member on ``x[subset]`` and return its eval-mode logits on all of x (CPU)."""
     model = init_member(make_model, cfg.seed, member).to(device)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    opt = sgd_for(model, cfg)
     gen = _order_generator(cfg.seed, member)
-    m = len(subset)
-    model.train()
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        order = subset[torch.randperm(m, generator=gen)]
-        for start in range(0, m, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            idx = idx.to(x.device)
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        out = [
-            model(x[i : i + cfg.eval_batch_size].to(device)).float().cpu()
-            for i in range(0, len(x), cfg.eval_batch_size)
-        ]
-    return torch.cat(out)
+        train_epoch(
+            model, opt, x, y, subset[torch.randperm(len(subset), generator=gen)], epoch, cfg, device
+        )
+    return predict(model, x, cfg, device)
 
 
 def _train_chunk_vmap(

@@ -12,13 +12,13 @@ and the config names the source, so a table never mixes the two silently.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from unlearning.memorization import TrainConfig, predict, sgd_for, train_epoch
 
 
 def learning_speed_proxy(
@@ -34,34 +34,21 @@ def learning_speed_proxy(
     seed: int = 0,
     eval_batch_size: int = 1024,
 ) -> np.ndarray:
-    """``1 − mean_t p_t(y_i | x_i)`` over the end of each of ``epochs`` epochs of SGD with
-    momentum, weight decay and a cosine learning rate (the pretraining recipe, 000 App. C.1),
-    in [0, 1]; higher = learned later = more memorization-like."""
+    """``1 − mean_t p_t(y_i | x_i)`` over the end of each of ``epochs`` epochs of the estimator's
+    member recipe (:class:`unlearning.memorization.TrainConfig`: SGD with momentum, weight decay
+    and a per-epoch cosine learning rate, 000 App. C.1) on all of S, in [0, 1]; higher = learned
+    later = more memorization-like."""
+    cfg = TrainConfig(epochs, lr, batch_size, momentum, weight_decay, seed, eval_batch_size)
+    device = torch.device("cpu")
     torch.manual_seed(seed)
     model = make_model()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    opt = sgd_for(model, cfg)
     generator = torch.Generator().manual_seed(seed)
-    n = len(y)
-    confidence = torch.zeros(n, dtype=torch.float64)
+    confidence = torch.zeros(len(y), dtype=torch.float64)
     for epoch in range(epochs):
-        for group in optimizer.param_groups:  # cosine annealing, stepped per epoch
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, n, eval_batch_size):
-                probs = model(x[start : start + eval_batch_size]).softmax(1)
-                labels = y[start : start + eval_batch_size]
-                confidence[start : start + len(labels)] += probs[
-                    torch.arange(len(labels)), labels
-                ].double()
+        train_epoch(
+            model, opt, x, y, torch.randperm(len(y), generator=generator), epoch, cfg, device
+        )
+        probs = predict(model, x, cfg, device).softmax(1)
+        confidence += probs[torch.arange(len(y)), y].double()
     return (1.0 - confidence / epochs).numpy()
