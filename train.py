@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.utils import call
 from omegaconf import DictConfig
 
 from unlearning.errors import USER_ERRORS
@@ -20,7 +21,8 @@ from unlearning.pipeline import run
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        results = run(cfg)
+        # `lab` (set by experiment=theory/*) runs a synthetic experiment instead of the pipeline
+        results = call(cfg.lab, cfg=cfg) if cfg.get("lab") else run(cfg)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -9,7 +9,6 @@ config that determines each (:func:`stage_configs`), so a sweep over methods, op
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from unlearning.cache import StageCache
 from unlearning.metrics.accuracy import accuracy
 from unlearning.metrics.tow import tug_of_war
 from unlearning.plots import plot_scores
+from unlearning.publish import publish
 from unlearning.results import SETS, accuracy_key, summary_table, write_results
 from unlearning.validation import validate_config
 
@@ -254,10 +254,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
 
-    for logger in loggers:
-        logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        logger.save()
-        logger.finalize(status)
+    publish(loggers, metrics, status, sorted(output_dir.glob("*.png")))
     config = OmegaConf.to_container(cfg, resolve=True)
     write_results(output_dir / "results.json", status, config, metrics)
     title = (
