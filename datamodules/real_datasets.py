@@ -231,16 +231,43 @@ class _InMemorySource(RealImageSource):
 # CIFAR
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild numpy arrays, lists, dicts and strings and nothing else: a
+    pickle in a data directory naming any other callable (``os.system``...) is refused instead of
+    executed."""
+
+    ALLOWED = frozenset(
+        (module, name)
+        for core in ("numpy.core", "numpy._core")
+        for module, name in (
+            (f"{core}.multiarray", "_reconstruct"),
+            (f"{core}.multiarray", "scalar"),
+            (f"{core}.numeric", "_frombuffer"),
+        )
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
 def read_cifar_pickle(path: Path) -> dict[str, Any]:
     """Read one python-version CIFAR batch as a dict with ``str`` keys.
 
     The official files are Python 2 pickles: loaded with ``encoding="latin1"`` (what numpy
     recommends for Python 2 arrays) their keys are ``str``, with ``encoding="bytes"`` they are
     ``bytes`` (``b"data"``, ``b"labels"``...). Files rewritten under Python 3 may have either, so
-    both are accepted and normalised to ``str``.
+    both are accepted and normalised to ``str``. Only numpy arrays and plain containers are
+    rebuilt (:class:`_ArraysOnlyUnpickler`): loading a data file never executes code.
     """
-    with open(path, "rb") as f:
-        raw = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            raw = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise DataConfigError(
+            ROOT_KEY, str(path), f"not a readable CIFAR batch ({exc}); re-extract the archive"
+        ) from None
     if not isinstance(raw, dict):
         raise DataConfigError(ROOT_KEY, str(path), "not a CIFAR batch (expected a pickled dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in raw.items()}

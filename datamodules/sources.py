@@ -51,6 +51,12 @@ class ImageSource(ABC):
     def targets(self, part: Part) -> np.ndarray:
         """Integer labels of ``part`` in dataset order, shape ``(n,)``, dtype int64."""
 
+    def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(x, y)`` of ``part`` as ready-to-use tensors (the items of :meth:`dataset`, stacked)
+        when the data sits in memory and needs no per-sample transform, else ``None``. Loaders
+        then slice batches out of them instead of collating samples (SPEC §7, #10)."""
+        return None
+
     def _check_labels(self, labels: np.ndarray, key: str = "dataset.num_classes") -> None:
         seen = int(labels.max()) + 1 if labels.size else 0
         if seen > self.num_classes:
@@ -113,6 +119,13 @@ class TensorSource(ImageSource):
         _, y_train, _, y_test = self._tensors()
         return (y_train if part == "train" else y_test).numpy().astype(np.int64)
 
+    def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if augment and self.train_transform() is not None:
+            return None  # a per-sample transform: served by a DataLoader
+        x_tr, y_tr, x_te, y_te = self._tensors()
+        x, y = (x_tr, y_tr) if part == "train" else (x_te, y_te)
+        return x, y.to(torch.int64)
+
 
 class RelabelledDataset(Dataset):
     """A dataset whose labels are replaced by ``labels`` (same order)."""
@@ -166,6 +179,12 @@ class NoisyLabels(ImageSource):
     def dataset(self, part: Part, augment: bool) -> Dataset:
         data = self.base.dataset(part, augment)
         return RelabelledDataset(data, self.noisy_targets) if part == "train" else data
+
+    def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        tensors = self.base.in_memory(part, augment)
+        if tensors is None or part != "train":
+            return tensors
+        return tensors[0], torch.from_numpy(self.noisy_targets).to(torch.int64)
 
 
 #: keys of a ``dataset`` config that are handled here, not by the source's constructor.

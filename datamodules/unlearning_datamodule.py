@@ -1,21 +1,27 @@
 """The datamodule that serves S, R = S \\ F, F and D_test for every stage (SPEC §0, §2).
 
-Training batches are always a dict keyed by set name, produced by Lightning's
-``CombinedLoader`` in ``max_size_cycle`` mode: for a method that trains on ``("retain",
-"forget")`` each step draws B retain and B forget samples, an epoch has ⌈|R|/B⌉ steps and the
-shorter forget loader cycles (000 §2.2). Evaluation loaders use the test transforms on R and F
-(000 eq. 10).
+Training batches are always a dict keyed by set name. By default they are joint batches from
+Lightning's ``CombinedLoader``: for a method that trains on ``("retain", "forget")`` each step
+draws B retain and B forget samples, an epoch has ⌈|R|/B⌉ steps and the shorter forget loader
+cycles (000 §2.2). A method can instead make one pass over another set an epoch (``driver``:
+UGradSL iterates over F), walk the sets one after another (``passes``: SCRUB's F pass then R
+pass) or receive sample ids (``with_ids``: RL's per-sample labels); see
+:meth:`unlearning.methods.base.UnlearningMethod.epoch_schedule`. Evaluation loaders use the test
+transforms on R and F (000 eq. 10). In-memory data is served a whole batch per fetch
+(:mod:`datamodules.loaders`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datamodules.loaders import ChainedPasses, TensorBatches, WithSampleIds, keep_batch
 from datamodules.sources import ImageSource
 
 SET_NAMES = ("train", "retain", "forget", "test")
@@ -32,9 +38,21 @@ class UnlearningDataModule(L.LightningDataModule):
         batch_size: B, per set and per step.
         eval_batch_size: batch size of evaluation loaders (no gradients: larger is faster).
         augment: apply the source's train transforms to training batches.
+        num_workers: DataLoader workers (0 is fastest for in-memory data).
         test_indices: the part of D_test to evaluate on (class/group forgetting removes the
             forgotten class from D_test); ``None`` = all of it.
-        num_workers: DataLoader workers (0 is fastest for in-memory data).
+        driver: the set one pass of which is a training epoch when several sets are drawn
+            jointly; the other sets are cycled (longer driver) or cut short (shorter driver).
+            ``None`` = the longest set (⌈|R|/B⌉ steps for a small F, 000 §2.2).
+        passes: ``passes(epoch)`` → the sets to pass over *one after another* in that epoch,
+            one set per batch (``{name: batch}``), instead of joint batches; ``None`` from it
+            means joint batches for that epoch. Needs the trainer to reload the train loader
+            every epoch (:attr:`reload_every_epoch`).
+        with_ids: sets whose batches carry each sample's index in S as a third element
+            ``(x, y, ids)``, for per-sample state (e.g. RL's per-epoch random labels).
+        in_memory: fetch whole batches from in-memory tensors when the source has them
+            (:class:`~datamodules.loaders.TensorBatches`: the same batches as per-sample
+            fetches, faster); ``False`` forces per-sample fetches.
     """
 
     def __init__(
@@ -47,14 +65,22 @@ class UnlearningDataModule(L.LightningDataModule):
         augment: bool = True,
         num_workers: int = 0,
         test_indices: np.ndarray | None = None,
+        driver: str | None = None,
+        passes: Callable[[int], Sequence[str] | None] | None = None,
+        with_ids: Sequence[str] = (),
+        in_memory: bool = True,
     ) -> None:
         super().__init__()
-        unknown = set(train_sets) - set(SET_NAMES)
+        unknown = (set(train_sets) | set(with_ids) | {driver or "train"}) - set(SET_NAMES)
         if unknown:
             raise ValueError(f"unknown train set(s) {sorted(unknown)}; use {SET_NAMES}")
+        if driver is not None and driver not in train_sets:
+            raise ValueError(f"driver={driver!r} is not one of the train sets {train_sets}")
         self.source, self.train_sets = source, tuple(train_sets)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.augment, self.num_workers = augment, num_workers
+        self.driver, self.passes, self.with_ids = driver, passes, tuple(with_ids)
+        self.use_in_memory = in_memory
         n = len(source.targets("train"))
         forget = np.zeros(n, dtype=bool)
         if forget_indices is not None:
@@ -66,39 +92,80 @@ class UnlearningDataModule(L.LightningDataModule):
         }
         self.test_indices = None if test_indices is None else np.asarray(test_indices)
 
+    @property
+    def reload_every_epoch(self) -> bool:
+        """Whether the trainer must call :meth:`train_dataloader` anew every epoch (the epoch's
+        schedule depends on its index)."""
+        return self.passes is not None
+
+    def _rows(self, name: str) -> np.ndarray | None:
+        """Indices of set ``name`` in its part (``None`` = all of D_test)."""
+        return self.test_indices if name == "test" else self.indices[name]
+
     def _subset(self, name: str, augment: bool) -> Dataset:
-        if name == "test":
-            test = self.source.dataset("test", augment=False)
-            return test if self.test_indices is None else Subset(test, self.test_indices.tolist())
-        return Subset(self.source.dataset("train", augment=augment), self.indices[name].tolist())
+        part = "test" if name == "test" else "train"
+        data, rows = self.source.dataset(part, augment=augment), self._rows(name)
+        return data if rows is None else Subset(data, rows.tolist())
 
     def set_size(self, name: str) -> int:
         """Number of samples in set ``name``."""
-        if name == "test":
-            if self.test_indices is not None:
-                return len(self.test_indices)
-            return len(self.source.targets("test"))
-        return len(self.indices[name])
+        rows = self._rows(name)
+        return len(self.source.targets("test")) if rows is None else len(rows)
 
-    def train_dataloader(self) -> CombinedLoader:
+    def loader(
+        self, name: str, batch_size: int, shuffle: bool, augment: bool, with_ids: bool = False
+    ) -> DataLoader:
+        """A ``DataLoader`` over set ``name``: batch-level fetches (:class:`TensorBatches`) where
+        the source holds the set as tensors, else per-sample fetches and ``collate``."""
+        part = "test" if name == "test" else "train"
+        rows = self._rows(name)
+        tensors = self.source.in_memory(part, augment) if self.use_in_memory else None
+        if tensors is not None:
+            x, y = tensors
+            ids = torch.arange(len(y)) if rows is None else torch.from_numpy(rows)
+            if rows is not None:
+                x, y = x[ids], y[ids]
+            data: Dataset = TensorBatches(x, y, ids if with_ids else None)
+            collate = keep_batch
+        else:
+            data, collate = self._subset(name, augment), None
+            if with_ids:
+                data = WithSampleIds(data, range(len(data)) if rows is None else rows.tolist())
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0 and shuffle,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> Iterable:
         loaders = {
-            name: DataLoader(
-                self._subset(name, self.augment),
-                batch_size=self.batch_size,
-                shuffle=True,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
+            name: self.loader(
+                name, self.batch_size, True, self.augment, with_ids=name in self.with_ids
             )
             for name in self.train_sets
         }
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        chained = self.passes(epoch) if self.passes is not None else None
+        if chained is not None:
+            return ChainedPasses(loaders, chained)
+        return CombinedLoader(loaders, mode=self._joint_mode(loaders))
+
+    def _joint_mode(self, loaders: dict[str, Iterable]) -> str:
+        """``max_size_cycle`` when the driver is the longest set, ``min_size`` when it is the
+        shortest (two sets: one of the two always holds)."""
+        if self.driver is None:
+            return "max_size_cycle"
+        steps = {name: len(loader) for name, loader in loaders.items()}
+        if steps[self.driver] == max(steps.values()):
+            return "max_size_cycle"
+        if steps[self.driver] == min(steps.values()):
+            return "min_size"
+        raise ValueError(f"driver={self.driver!r} is neither the longest nor the shortest set")
 
     def eval_dataloader(self, name: str, batch_size: int | None = None) -> DataLoader:
-        """Loader over set ``name`` (``retain``, ``forget``, ``test`` or ``train``) with test
+        """Batches over set ``name`` (``retain``, ``forget``, ``test`` or ``train``) with test
         transforms and no shuffling (``batch_size`` defaults to ``eval_batch_size``)."""
-        return DataLoader(
-            self._subset(name, augment=False),
-            batch_size=batch_size or self.eval_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-        )
+        return self.loader(name, batch_size or self.eval_batch_size, False, augment=False)

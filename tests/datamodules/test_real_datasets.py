@@ -8,6 +8,7 @@ SVHN ``.mat``, Tiny-ImageNet and ImageFolder JPEG trees) into ``tmp_path`` and l
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -468,3 +469,25 @@ def test_dataset_presets_compose_in_the_primary_config(tmp_path: Path) -> None:
             assert type(src) is cls and src.root.parent == tmp_path
             with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
                 src.check()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch exploited",))
+
+
+@pytest.mark.parametrize("content", ["exploit", "garbage"])
+def test_cifar_batch_files_never_execute_code(tmp_path, monkeypatch, content):
+    """A pickle naming another callable (os.system) is refused, not run; garbage is a clean
+    error naming the data root."""
+    from datamodules.real_datasets import read_cifar_pickle
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "data_batch_1"
+    if content == "exploit":
+        path.write_bytes(pickle.dumps({"data": _Exploit()}))
+    else:
+        path.write_bytes(b"\x00not a pickle at all")
+    with pytest.raises(DataConfigError, match=r"dataset\.root"):
+        read_cifar_pickle(path)
+    assert not (tmp_path / "exploited").exists()

@@ -49,6 +49,11 @@ class UnlearningMethod(L.LightningModule):
 
     #: the sets whose batches ``loss`` reads; the datamodule serves exactly these.
     train_sets: ClassVar[tuple[str, ...]] = ("retain",)
+    #: with joint batches, the set one pass over which is an epoch (the others cycle or are cut
+    #: short); ``None`` = the longest set, i.e. ⌈|R|/B⌉ steps for a small F (000 §2.2).
+    epoch_driver: ClassVar[str | None] = None
+    #: sets whose batches carry each sample's index in S as a third element ``(x, y, ids)``.
+    sample_id_sets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -87,6 +92,21 @@ class UnlearningMethod(L.LightningModule):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective of one step and named parts to log. Subclasses override this."""
         raise NotImplementedError
+
+    def epoch_passes(self, epoch: int) -> tuple[str, ...] | None:
+        """The sets to pass over *one after another* in ``epoch`` (each batch then holds one
+        set, ``{name: (x, y)}``), or ``None`` for joint batches (the default, every epoch).
+        A method that overrides this gets its train loader rebuilt every epoch."""
+        return None
+
+    def epoch_schedule(self) -> dict[str, Any]:
+        """How the datamodule walks the sets in an epoch (``UnlearningDataModule`` arguments)."""
+        chained = type(self).epoch_passes is not UnlearningMethod.epoch_passes
+        return {
+            "driver": self.epoch_driver,
+            "passes": self.epoch_passes if chained else None,
+            "with_ids": self.sample_id_sets,
+        }
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, parts = self.loss(batch)

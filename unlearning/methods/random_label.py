@@ -1,26 +1,21 @@
 """Random Label (RL, Hayase et al. 2020; 000 §2.2) and SalUn (Fan et al. 2023) — SPEC §2.
 
 **RL.** Fine-tune f_A on R ∪ F with every forget label replaced by a class drawn uniformly among
-the K − 1 *wrong* classes (SPEC §2), redrawn as training goes on. Each step sees a joint batch of
-B retain and B forget samples (000 §2.2) and minimises the mean cross-entropy over their union::
+the K − 1 *wrong* classes, redrawn every epoch (SPEC §2). As in the SalUn / Unlearn-Sparse code
+bases, an epoch is one shuffled pass over the union S = R ∪ F (``train_sets = ("train",)``,
+⌈|S|/B⌉ steps), each F sample appearing once per epoch with its relabelled target, and a step
+minimises the mean cross-entropy over its batch::
 
-    L_RL = 1/(|B_R| + |B_F|) · [ Σ_{i∈B_R} CE(f(x_i), y_i) + Σ_{i∈B_F} CE(f(x_i), ỹ_i) ],
+    L_RL = 1/|B| · [ Σ_{i∈B∩R} CE(f(x_i), y_i) + Σ_{i∈B∩F} CE(f(x_i), ỹ_i) ],
     ỹ_i = (y_i + o_i) mod K,   o_i ~ U{1, …, K − 1}
 
-(with |B_R| = |B_F| this is ½·CE(R) + ½·CE(F̃)). The SalUn / Unlearn-Sparse code bases
-concatenate R and the relabelled F into one shuffled loader; here the union is formed per joint
-batch, one forward pass over both parts (BatchNorm sees the union, as there).
-
-*How the labels are drawn.* Batches carry only ``(x, y)``, no sample ids, and F cycles many
-times per epoch in joint batches, so a per-sample-per-epoch table cannot be indexed. Instead the
-offsets ``o`` of a step are a pure function of ``(label seed, epoch, batch_idx)``: a
-``torch.Generator`` re-seeded from that triple at each step. Consequences: (i) both passes of
-SAM/ASAM (which call ``training_step`` twice on one batch) see the same labels, so the
-sharpness-aware step perturbs and descends one objective; (ii) labels are redrawn at every epoch
-(and at every appearance of a sample within an epoch: the expected gradient is that of
-uniformly random wrong labels, with more label noise than one draw per epoch); (iii) runs are
-reproducible and resumable. The label seed is drawn once in the constructor from the global RNG,
-which the pipeline seeds with ``cfg.seed``.
+*How the labels are drawn.* Batches carry each sample's index i in S (``sample_id_sets``); a
+sample is relabelled when i ∈ F, and its offset in epoch e is a pure function of
+``(label seed, e, i)`` (a SplitMix64 hash, :func:`per_sample_offsets`). So every forget sample
+has exactly one random wrong label per epoch; both passes of SAM/ASAM (which call
+``training_step`` twice on one batch) see the same labels, so the sharpness-aware step perturbs
+and descends one objective; and runs are reproducible and resumable. The label seed is drawn
+once in the constructor from the global RNG, which the pipeline seeds with ``cfg.seed``.
 
 **SalUn.** RL restricted to the saliency mask m (``True`` = salient): the top ``fraction`` of
 f_A's parameter entries by ``|Σ_b ∇CE(F_b)|`` after one pass over F, ranked globally
@@ -36,13 +31,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearning.methods.base import Batch, UnlearningMethod
-
-_MIX = 1_000_003  # odd multiplier mixing (seed, epoch, batch_idx) into one generator seed
 
 
 def infer_num_classes(net: nn.Module) -> int | None:
@@ -51,10 +45,22 @@ def infer_num_classes(net: nn.Module) -> int | None:
     return linears[-1].out_features if linears else None
 
 
-def random_wrong_labels(y: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
-    """``(y + o) mod K`` with ``o ~ U{1, …, K − 1}`` i.i.d.: uniform over the wrong classes."""
-    offsets = torch.randint(1, num_classes, y.shape, generator=generator)
-    return (y + offsets.to(y.device)) % num_classes
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele et al. 2014): a bijective, well-mixing hash of uint64s."""
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def per_sample_offsets(ids: Tensor, seed: int, epoch: int, num_classes: int) -> Tensor:
+    """``o_i ∈ {1, …, K − 1}`` for each sample id: uniform (up to a 2⁻⁶⁴-order bias) and
+    independent across ids and epochs, and the same on every call with the same arguments."""
+    key = _splitmix64(np.array([seed], dtype=np.uint64)) ^ np.uint64(epoch)
+    z = _splitmix64(_splitmix64(key) ^ ids.detach().cpu().numpy().astype(np.uint64))
+    offsets = 1 + (z % np.uint64(num_classes - 1)).astype(np.int64)
+    return torch.from_numpy(offsets).to(ids.device)
 
 
 class RandomLabel(UnlearningMethod):
@@ -68,7 +74,9 @@ class RandomLabel(UnlearningMethod):
     10 epochs, constant schedule. No retain weight: ``alpha`` does not apply.
     """
 
-    train_sets: ClassVar[tuple[str, ...]] = ("retain", "forget")
+    #: one pass over S = R ∪ F per epoch, with sample ids: F is relabelled per sample and epoch
+    train_sets: ClassVar[tuple[str, ...]] = ("train",)
+    sample_id_sets: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, *args: Any, num_classes: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,32 +95,45 @@ class RandomLabel(UnlearningMethod):
         self.num_classes = int(num_classes)
         # drawn from the global RNG, which the pipeline seeds with cfg.seed before instantiating
         self.label_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        #: indices of F in S; taken from the datamodule at fit start unless set
+        self.forget_ids: Tensor | None = None
 
-    def label_generator(self, epoch: int, batch_idx: int) -> torch.Generator:
-        """The generator of step ``(epoch, batch_idx)``: re-seeded from the triple, so every call
-        (e.g. SAM's two passes) draws the same labels."""
-        seed = ((self.label_seed * _MIX + int(epoch)) * _MIX + int(batch_idx)) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+    def on_fit_start(self) -> None:
+        if self.forget_ids is None:
+            data = getattr(self.trainer, "datamodule", None)
+            if data is None or not hasattr(data, "indices"):
+                raise RuntimeError(
+                    "RL needs the forget indices: set forget_ids or fit on an UnlearningDataModule"
+                )
+            self.forget_ids = torch.as_tensor(data.indices["forget"], dtype=torch.int64)
 
-    def relabel(self, batch: Batch, epoch: int, batch_idx: int) -> Batch:
-        """``batch`` with the forget labels replaced by uniformly random wrong labels."""
-        x, y = batch["forget"]
-        labels = random_wrong_labels(y, self.num_classes, self.label_generator(epoch, batch_idx))
-        return {**batch, "forget": (x, labels)}
+    def relabel(self, batch: Batch, epoch: int) -> Batch:
+        """``batch`` (``{"train": (x, y, ids)}``) with the label of every forget sample replaced
+        by its random wrong label of ``epoch``, ``ỹ_i = (y_i + o_i) mod K``; the result also
+        holds ``is_forget``, the mask of forget samples."""
+        if self.forget_ids is None:
+            raise RuntimeError("RL needs the forget indices (forget_ids) before relabelling")
+        x, y, ids = batch["train"]
+        is_forget = torch.isin(ids, self.forget_ids.to(ids.device))
+        offsets = per_sample_offsets(ids, self.label_seed, epoch, self.num_classes)
+        labels = torch.where(is_forget, (y + offsets) % self.num_classes, y)
+        return {"train": (x, labels), "is_forget": is_forget}
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Mean CE over the union of the retain part and the (already relabelled) forget part."""
-        (x_r, y_r), (x_f, y_f) = batch["retain"], batch["forget"]
-        logits = self.net(torch.cat([x_r, x_f]))
-        per_sample = F.cross_entropy(logits, torch.cat([y_r, y_f]), reduction="none")
-        n_r = len(y_r)
-        return per_sample.mean(), {
-            "loss_retain": per_sample[:n_r].mean().detach(),
-            "loss_forget": per_sample[n_r:].mean().detach(),
+        """Mean CE over the (already relabelled) batch of R ∪ F; the parts on R and F are logged
+        (when the batch holds samples of each)."""
+        x, y = batch["train"]
+        per_sample = F.cross_entropy(self.net(x), y, reduction="none")
+        is_forget = batch["is_forget"]
+        parts = {
+            f"loss_{name}": per_sample[mask].mean().detach()
+            for name, mask in (("retain", ~is_forget), ("forget", is_forget))
+            if mask.any()
         }
+        return per_sample.mean(), parts
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return super().training_step(self.relabel(batch, self.current_epoch, batch_idx), batch_idx)
+        return super().training_step(self.relabel(batch, self.current_epoch), batch_idx)
 
 
 class SalUn(RandomLabel):
@@ -171,6 +192,7 @@ class SalUn(RandomLabel):
         return out
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._masked()  # fail early without a mask; move mask and anchor to the device once
 
     def on_after_backward(self) -> None:

@@ -11,15 +11,11 @@ The teacher is a frozen copy of f_A. With ``KL_T(t‖s) = T² · KL(softmax(t/T)
 
 All steps use one shared optimizer (the ``optim`` preset, learning rate ``lr``).
 
-Schedule on the framework's joint loader (``train_sets = ("retain", "forget")``: ⌈|R|/B⌉ steps
-per epoch, B retain + B forget samples per step, F restarting at every epoch): in an epoch with
-e < msteps, steps ``0 … n_F − 1`` (n_F = ⌈|F|/B⌉) are the max-steps and use the forget batch —
-exactly one pass over F, in order, before any min-step — and steps ``n_F … ⌈|R|/B⌉ − 1`` are the
-min-steps on the retain batch. From epoch ``msteps`` on every step is a min-step (a full pass over
-R). **Deviation:** in the first ``msteps`` epochs the min-pass sees ⌈|R|/B⌉ − n_F retain batches
-instead of ⌈|R|/B⌉ (the retain batches drawn alongside the max-steps are not used), i.e. a random
-(1 − n_F/n_R) share of R; n_F ≥ ⌈|R|/B⌉ is refused. Every step is one automatic-optimization step
-whose objective depends only on (epoch, batch index), so ``optim=sam|asam`` wraps it unchanged.
+Schedule (``epoch_passes``): an epoch e < ``msteps`` is a full pass over F (max-steps, one forget
+batch each) followed by a full pass over R (min-steps, one retain batch each), as in the SCRUB
+code; later epochs are a pass over R only. Each step's objective follows from the set its batch
+holds, so every step is one automatic-optimization step and ``optim=sam|asam`` wraps it
+unchanged.
 """
 
 from __future__ import annotations
@@ -32,8 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unlearning.methods.base import Batch, UnlearningMethod
-
-PHASES = ("max", "min")
 
 
 def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -91,7 +85,7 @@ class SCRUB(UnlearningMethod):
             )
         self.msteps = msteps
         self.teacher = self.frozen_copy()  # no gradients: never handed to the optimizer
-        #: ``max`` or ``min``: which objective :meth:`loss` computes (set per training step).
+        #: ``max`` or ``min``: the objective of the last step.
         self.phase = "min"
 
     def train(self, mode: bool = True) -> SCRUB:
@@ -121,44 +115,13 @@ class SCRUB(UnlearningMethod):
         return self.gamma * ce + self.beta * kl, {"loss_retain": ce, "kl_retain": kl}
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """The objective of the current ``phase`` (``max``: on F; ``min``: on R)."""
-        if self.phase not in PHASES:
-            raise ValueError(f"SCRUB phase must be one of {PHASES}; got {self.phase!r}")
+        """A max-step on a forget batch, a min-step on a retain batch (``phase``: which)."""
+        self.phase = "max" if "forget" in batch else "min"
         return self.max_loss(batch) if self.phase == "max" else self.min_loss(batch)
 
-    # ------------------------------------------------------------------ schedule
-
-    def _loader_steps(self, name: str) -> int | None:
-        # Trainer.train_dataloader is the joint loader's dict of per-set DataLoaders
-        iterables = getattr(self._trainer, "train_dataloader", None)
-        if isinstance(iterables, dict) and name in iterables:
-            return len(iterables[name])
-        return None
-
-    def forget_steps(self) -> int:
-        """n_F = ⌈|F|/B⌉: the number of max-steps of a max epoch (one pass over F)."""
-        steps = self._loader_steps("forget")
-        if steps is None:
-            raise RuntimeError("SCRUB needs the joint loader's forget part to count its max-steps")
-        return steps
-
-    def on_train_start(self) -> None:
-        n_f, n_r = self._loader_steps("forget"), self._loader_steps("retain")
-        if self.msteps > 0 and n_f is not None and n_r is not None and n_f >= n_r:
-            raise ValueError(
-                f"SCRUB: the forget pass (⌈|F|/B⌉ = {n_f} steps) must be shorter than the retain "
-                f"pass ({n_r} steps) on the joint loader; use method.msteps=0 or a smaller F"
-            )
-
-    def phase_of(self, batch_idx: int) -> str:
-        """``max`` for the first n_F steps of the first ``msteps`` epochs, else ``min``."""
-        if self.current_epoch < self.msteps and batch_idx < self.forget_steps():
-            return "max"
-        return "min"
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self.phase = self.phase_of(batch_idx)
-        return super().training_step(batch, batch_idx)
+    def epoch_passes(self, epoch: int) -> tuple[str, ...]:
+        """F then R while ``epoch < msteps``, else R alone."""
+        return ("forget", "retain") if epoch < self.msteps else ("retain",)
 
 
 __all__ = ["SCRUB", "distill_kl"]

@@ -28,11 +28,10 @@ reading suggested by App. D's sentence "the larger |α_i|, the lower confidence"
 computed once per batch in ``on_train_batch_start`` so a sharpness-aware optimizer's two passes
 see the same objective.
 
-**Epochs.** UGradSL+ (:class:`UGradSLPlus`) iterates over R: ⌈|R|/B⌉ joint steps, F cycling.
-UGradSL (:class:`UGradSL`) iterates over F (004 App. D: "UGradSL is terminated after completing
-the iterations on D_f"): the joint loader still pairs each forget batch with a fresh random retain
-batch, and the epoch is cut after ⌈|F|/B⌉ steps (``on_train_batch_start`` returns −1, Lightning's
-documented way to end an epoch early), i.e. exactly one pass over F per epoch.
+**Epochs.** UGradSL+ (:class:`UGradSLPlus`) iterates over R: ⌈|R|/B⌉ joint steps, F cycling
+(``epoch_driver = "retain"``). UGradSL (:class:`UGradSL`) iterates over F (004 App. D: "UGradSL is
+terminated after completing the iterations on D_f"; ``epoch_driver = "forget"``): ⌈|F|/B⌉ joint
+steps, each forget batch paired with the next batch of a fresh random pass over R.
 """
 
 from __future__ import annotations
@@ -77,6 +76,7 @@ class UGradSLPlus(UnlearningMethod):
     """
 
     train_sets: ClassVar[tuple[str, ...]] = ("retain", "forget")
+    epoch_driver: ClassVar[str | None] = "retain"
 
     def __init__(
         self,
@@ -171,19 +171,7 @@ class UGradSL(UGradSLPlus):
     but each epoch is one pass over F (⌈|F|/B⌉ joint steps, each forget batch paired with a
     random retain batch)."""
 
-    def forget_steps(self) -> int | None:
-        """⌈|F|/B⌉ from the joint loader (``None`` outside a trainer or without one)."""
-        # Trainer.train_dataloader is the joint loader's dict of per-set DataLoaders
-        iterables = getattr(self._trainer, "train_dataloader", None)
-        if isinstance(iterables, dict) and "forget" in iterables:
-            return len(iterables["forget"])
-        return None
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> int | None:
-        steps = self.forget_steps()
-        if steps is not None and batch_idx >= steps:
-            return -1  # Lightning: skip the rest of this epoch (one pass over F is done)
-        return super().on_train_batch_start(batch, batch_idx)
+    epoch_driver: ClassVar[str | None] = "forget"
 
 
 __all__ = ["UGradSL", "UGradSLPlus", "smoothed_cross_entropy", "smoothed_targets"]

@@ -23,44 +23,42 @@ def _net():
     return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, K))
 
 
-def _batch(seed=1, n_retain=5, n_forget=4):
+def _batch(seed=1, n=9, forget_ids=(101, 103, 104, 107)):
+    """A batch of S = R ∪ F with sample ids 100…100+n−1; ``forget_ids`` are in F."""
     g = torch.Generator().manual_seed(seed)
-    return {
-        "retain": (
-            torch.randn(n_retain, 4, generator=g),
-            torch.randint(0, K, (n_retain,), generator=g),
-        ),
-        "forget": (
-            torch.randn(n_forget, 4, generator=g),
-            torch.randint(0, K, (n_forget,), generator=g),
-        ),
-    }
+    x, y = torch.randn(n, 4, generator=g), torch.randint(0, K, (n,), generator=g)
+    return {"train": (x, y, torch.arange(100, 100 + n))}, torch.tensor(forget_ids)
 
 
-def test_rl_loss_is_mean_cross_entropy_over_retain_and_relabelled_forget():
+def test_rl_loss_is_mean_cross_entropy_over_the_batch_with_f_relabelled():
     net = _net()
     module = RandomLabel(net, num_classes=K)
-    batch = _batch()
-    relabelled = module.relabel(batch, epoch=2, batch_idx=7)
-    (x_r, y_r), (x_f, y_f) = batch["retain"], relabelled["forget"]
-    assert torch.equal(relabelled["retain"][1], y_r) and torch.equal(relabelled["forget"][0], x_f)
+    batch, module.forget_ids = _batch()
+    relabelled = module.relabel(batch, epoch=2)
+    x, y, ids = batch["train"]
+    x_new, y_new = relabelled["train"]
+    is_forget = torch.isin(ids, module.forget_ids)
+    assert torch.equal(relabelled["is_forget"], is_forget) and int(is_forget.sum()) == 4
+    assert torch.equal(x_new, x) and torch.equal(y_new[~is_forget], y[~is_forget])
+    assert not (y_new[is_forget] == y[is_forget]).any()
     loss, parts = module.loss(relabelled)
-    logits = net(torch.cat([x_r, x_f]))  # one forward pass over the union (BatchNorm sees it)
-    by_hand = (
-        sum(F.cross_entropy(logits[i : i + 1], y_r[i : i + 1]) for i in range(5))
-        + sum(F.cross_entropy(logits[5 + i : 6 + i], y_f[i : i + 1]) for i in range(4))
-    ) / 9
+    logits = net(x)  # one forward pass over the batch of R ∪ F (BatchNorm sees all of it)
+    by_hand = sum(F.cross_entropy(logits[i : i + 1], y_new[i : i + 1]) for i in range(9)) / 9
     assert torch.allclose(loss, by_hand)
-    assert torch.allclose(parts["loss_forget"], F.cross_entropy(logits[5:], y_f))
-    assert RandomLabel.train_sets == ("retain", "forget")
+    assert torch.allclose(
+        parts["loss_forget"], F.cross_entropy(logits[is_forget], y_new[is_forget])
+    )
+    assert RandomLabel.train_sets == ("train",) and RandomLabel.sample_id_sets == ("train",)
     assert RandomLabel(_net()).num_classes == K  # inferred from the last nn.Linear
 
 
-def test_random_labels_are_wrong_uniform_and_fixed_per_step():
+def test_random_labels_are_wrong_uniform_and_fixed_per_sample_and_epoch():
     module = RandomLabel(_net(), num_classes=5)
     y = torch.arange(5).repeat(4000)
-    batch = {"retain": (torch.zeros(1, 4), y[:1]), "forget": (torch.zeros(len(y), 4), y)}
-    labels = module.relabel(batch, epoch=0, batch_idx=3)["forget"][1]
+    ids = torch.randperm(len(y))
+    module.forget_ids = ids  # the whole batch is F
+    batch = {"train": (torch.zeros(len(y), 4), y, ids)}
+    labels = module.relabel(batch, epoch=0)["train"][1]
     assert not (labels == y).any() and labels.min() >= 0 and labels.max() < 5
     # uniform over the 4 wrong classes: each (true, new) pair has frequency 1/4 (n = 4000 each)
     for c in range(5):
@@ -68,10 +66,12 @@ def test_random_labels_are_wrong_uniform_and_fixed_per_step():
         assert counts[c] == 0 and torch.allclose(
             counts[torch.arange(5) != c], torch.tensor(0.25), atol=0.03
         )
-    # the same step draws the same labels (SAM's two passes); another epoch or step redraws them
-    assert torch.equal(labels, module.relabel(batch, 0, 3)["forget"][1])
-    assert (labels != module.relabel(batch, 1, 3)["forget"][1]).float().mean() > 0.5
-    assert (labels != module.relabel(batch, 0, 4)["forget"][1]).float().mean() > 0.5
+    # the same samples in the same epoch (SAM's two passes) keep their labels in any batch
+    # order; another epoch redraws them
+    order = torch.randperm(len(y))
+    shuffled = {"train": tuple(t[order] for t in batch["train"])}
+    assert torch.equal(labels[order], module.relabel(shuffled, 0)["train"][1])
+    assert (labels != module.relabel(batch, 1)["train"][1]).float().mean() > 0.5
 
 
 def _fit_salun(sharpness, epochs=2):
@@ -84,12 +84,10 @@ def _fit_salun(sharpness, epochs=2):
     module = SalUn(net, optimizer=optimizer, lr=0.1, epochs=epochs, num_classes=K, fraction=0.3)
     module.set_forget_mask(masks)
     f_a = {n: p.detach().clone() for n, p in net.named_parameters()}
+    module.forget_ids = torch.arange(40, 52)  # S = R (ids 0…39) ∪ F (ids 40…51)
+    x, y = torch.cat([x_r, x_f]), torch.cat([y_r, y_f])
     loaders = CombinedLoader(
-        {
-            "retain": DataLoader(TensorDataset(x_r, y_r), batch_size=8, shuffle=True),
-            "forget": DataLoader(TensorDataset(x_f, y_f), batch_size=8, shuffle=True),
-        },
-        mode="max_size_cycle",
+        {"train": DataLoader(TensorDataset(x, y, torch.arange(52)), batch_size=8, shuffle=True)}
     )
     trainer = Trainer(
         max_epochs=epochs,
@@ -106,7 +104,7 @@ def _fit_salun(sharpness, epochs=2):
 
 @pytest.mark.parametrize("sharpness", [None, SAM(rho=0.1)], ids=["sgd", "sam"])
 def test_salun_keeps_non_salient_entries_bit_exactly_at_f_a(sharpness):
-    """10 steps of SGD with momentum 0.9 and (large) weight decay: only the mask moves."""
+    """14 steps of SGD with momentum 0.9 and (large) weight decay: only the mask moves."""
     net, masks, f_a = _fit_salun(sharpness)
     moved = 0
     for name, p in net.named_parameters():
@@ -131,10 +129,11 @@ def test_bad_settings_name_their_key():
 @pytest.mark.parametrize("method", ["rl", "salun"])
 def test_forgets_on_the_embedded_default(config, method):
     m = run(config(f"method={method}"))["metrics"]
-    # digits preset (conf/dataset_method/digits_<method>.yaml), seed 0: F falls by >= 5 points;
-    # R stays within 1.5 points of f_A for RL, 2.5 for SalUn (the sweeps in docs/methods/)
-    tolerance = {"rl": 0.015, "salun": 0.025}[method]
-    assert m["original/acc_forget"] - m["unlearned/acc_forget"] >= 0.05
+    # digits preset (conf/dataset_method/digits_<method>.yaml), seed 0: F falls below the
+    # oracle's 97.2% (by >= 5 points for RL, >= 3 for SalUn); R stays within 1.5 points of f_A
+    # for RL, 1 for SalUn (the sweeps in docs/methods/; margins cover 1 vs 2 CPU threads)
+    min_drop, tolerance = {"rl": (0.05, 0.015), "salun": (0.03, 0.01)}[method]
+    assert m["original/acc_forget"] - m["unlearned/acc_forget"] >= min_drop
     assert m["original/acc_retain"] - m["unlearned/acc_retain"] <= tolerance
 
 

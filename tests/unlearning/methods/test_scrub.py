@@ -39,12 +39,12 @@ def test_max_and_min_objectives_equal_their_formulas(student_and_teacher, batch)
     module = student_and_teacher
     xf, _ = batch["forget"]
     xr, yr = batch["retain"]
-    module.phase = "max"
-    loss, _ = module.loss(batch)
+    loss, _ = module.loss({"forget": batch["forget"]})  # a batch of the forget pass
+    assert module.phase == "max"
     expected = -_kl_by_hand(module.net(xf), module.teacher(xf), 2.0)
     assert torch.allclose(loss, expected, atol=1e-6) and expected < 0
-    module.phase = "min"
-    loss, parts = module.loss(batch)
+    loss, parts = module.loss({"retain": batch["retain"]})  # a batch of the retain pass
+    assert module.phase == "min"
     kl = _kl_by_hand(module.net(xr), module.teacher(xr), 2.0)
     expected = 0.7 * F.cross_entropy(module.net(xr), yr) + 0.3 * kl
     assert torch.allclose(loss, expected, atol=1e-6)
@@ -60,13 +60,16 @@ def test_teacher_is_a_frozen_eval_copy(student_and_teacher):
     assert not torch.equal(module.teacher.weight, module.net.weight)
 
 
-def test_max_steps_are_the_first_forget_pass_of_the_first_msteps_epochs(student_and_teacher):
-    module = student_and_teacher
-    module.forget_steps = lambda: 2  # n_F = ⌈|F|/B⌉
-    assert [module.phase_of(i) for i in range(4)] == ["max", "max", "min", "min"]
-    no_max = SCRUB(nn.Linear(4, 3), epochs=3, msteps=0)
-    no_max.forget_steps = lambda: 2
-    assert no_max.phase_of(0) == "min"
+def test_epochs_before_msteps_pass_over_f_then_r_and_later_over_r():
+    """The epoch plan (tests/datamodules/test_schedules.py runs it through a Trainer)."""
+    module = SCRUB(nn.Linear(4, 3), epochs=10, msteps=8)
+    assert [module.epoch_passes(e) for e in (0, 7, 8, 9)] == [
+        ("forget", "retain"),
+        ("forget", "retain"),
+        ("retain",),
+        ("retain",),
+    ]
+    assert module.epoch_schedule()["passes"] is not None
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,9 @@
 """UGradSL / UGradSL+ (004 §4, Alg. 1, eq. 6, eq. 8, App. D): objective, adaptive rates, epochs."""
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from unlearning.methods.ugradsl import UGradSL, UGradSLPlus
 from unlearning.pipeline import run
@@ -75,39 +72,6 @@ def test_adaptive_rate_counts_retain_neighbours_within_beta(batch, sign, factor)
     xf, yf = batch["forget"]
     manual = 0.8 * F.cross_entropy(net(xr), yr) - 0.2 * _eq6(net(xf), yf, expected).mean()
     assert torch.allclose(loss, manual, atol=1e-6)
-
-
-class _Joint(L.LightningDataModule):
-    def __init__(self, n_retain: int, n_forget: int, batch_size: int) -> None:
-        super().__init__()
-        self.sizes, self.batch_size = {"retain": n_retain, "forget": n_forget}, batch_size
-
-    def train_dataloader(self) -> CombinedLoader:
-        g = torch.Generator().manual_seed(0)
-        loaders = {
-            name: DataLoader(
-                TensorDataset(
-                    torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g)
-                ),
-                batch_size=self.batch_size,
-                shuffle=True,
-            )
-            for name, n in self.sizes.items()
-        }
-        return CombinedLoader(loaders, mode="max_size_cycle")
-
-
-@pytest.mark.parametrize(("cls", "steps_per_epoch"), [(UGradSL, 2), (UGradSLPlus, 5)])
-def test_ugradsl_epochs_run_over_forget_and_plus_over_retain(cls, steps_per_epoch):
-    """|R| = 20, |F| = 6, B = 4: UGradSL ⌈6/4⌉ = 2 steps per epoch, UGradSL+ ⌈20/4⌉ = 5."""
-    torch.manual_seed(0)
-    module = cls(Tiny(), lr=0.01, epochs=2, alpha=0.9, adaptive=True, beta=0.5)
-    trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(module, _Joint(20, 6, 4))
-    assert trainer.global_step == 2 * steps_per_epoch
 
 
 @pytest.mark.parametrize(

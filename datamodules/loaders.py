@@ -1,0 +1,83 @@
+"""Batch-level datasets for in-memory tensors, and the wrappers a schedule needs (sample ids,
+consecutive passes).
+
+For data that already sits in memory as tensors (the embedded and synthetic datasets), a
+per-sample ``DataLoader`` spends most of its time in Python: one ``__getitem__`` per sample, then
+``collate`` stacking them again. :class:`TensorBatches` implements ``__getitems__`` (PyTorch's
+batched-fetch hook), so the ``DataLoader`` hands it each batch's index list and gets back
+``x[idx]`` in one tensor op, passed through unchanged by :func:`keep_batch`. It stays a plain
+``DataLoader`` with its usual sampler: the batches, their order and the global RNG draws are
+exactly those of the per-sample path (results and resumes are unchanged, bit for bit), and
+Lightning still shards it across processes under DDP. ``bench/bench_data.py`` measures the
+speed-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class TensorBatches(Dataset):
+    """Rows of in-memory tensors ``(x[i], y[i])`` — or ``(x[i], y[i], ids[i])`` — fetched a whole
+    batch at a time through ``__getitems__``. Use with ``collate_fn=keep_batch``."""
+
+    def __init__(self, x: Tensor, y: Tensor, ids: Tensor | None = None) -> None:
+        if len(x) != len(y) or (ids is not None and len(ids) != len(y)):
+            raise ValueError(f"{len(x)} images, {len(y)} labels and ids of another length")
+        self.tensors = (x, y) if ids is None else (x, y, ids)
+
+    def __len__(self) -> int:
+        return len(self.tensors[1])
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        """One row as the per-sample datasets give it: ``(x, int(y)[, int(id)])``."""
+        x, *rest = (t[index] for t in self.tensors)
+        return (x, *(int(v) for v in rest))
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def keep_batch(batch: Any) -> Any:
+    """The collate function of :class:`TensorBatches`: its batches are already stacked."""
+    return batch
+
+
+class WithSampleIds(Dataset):
+    """``(x, y, id)`` items: a dataset's items with a fixed per-item sample id appended."""
+
+    def __init__(self, base: Dataset, ids: Sequence[int]) -> None:
+        self.base, self.ids = base, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.base[index], self.ids[index])
+
+
+class ChainedPasses:
+    """One epoch as consecutive full passes over single sets: ``{name: batch}`` for every batch of
+    ``loaders[passes[0]]``, then of ``loaders[passes[1]]``, … (SCRUB's max-pass over F followed by
+    its min-pass over R). Lightning's ``CombinedLoader`` has no training mode for this
+    (``sequential`` is refused by ``trainer.fit``)."""
+
+    def __init__(self, loaders: Mapping[str, Any], passes: Sequence[str]) -> None:
+        unknown = set(passes) - set(loaders)
+        if unknown:
+            raise ValueError(f"passes over {sorted(unknown)} but only {sorted(loaders)} loaded")
+        self.loaders, self.passes = loaders, tuple(passes)
+
+    def __len__(self) -> int:
+        return sum(len(self.loaders[name]) for name in self.passes)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for name in self.passes:
+            for batch in self.loaders[name]:
+                yield {name: batch}
