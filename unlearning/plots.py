@@ -34,3 +34,73 @@ def plot_scores(scores: np.ndarray, forget: np.ndarray, path: Path, split_name: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_landscapes(landscapes: dict, path: Path, set_name: str) -> Path:
+    """Loss landscapes of several models side by side (000 Fig. 3): one column per model
+    (e.g. original, unlearned), rows = 1-D curve, 2-D contour, 2-D surface. ``landscapes`` maps
+    a model name to a :class:`unlearning.metrics.landscape.Landscape`."""
+    plt = _pyplot()
+    names = list(landscapes)
+    fig = plt.figure(figsize=(4.2 * len(names), 11), dpi=110)
+    zmax = max(float(np.nanmax(ls.surface)) for ls in landscapes.values())
+    zmin = min(float(np.nanmin(ls.surface)) for ls in landscapes.values())
+    levels = np.linspace(zmin, zmax, 21) if zmax > zmin else 10
+    for col, name in enumerate(names):
+        ls = landscapes[name]
+        title = f"{name} on {set_name}: basin ratio {ls.basin_ratio:.2f}"
+        ax = fig.add_subplot(3, len(names), col + 1)
+        ax.plot(ls.alphas, ls.curve, color="C0")
+        ax.axvline(0.0, color="0.6", lw=0.8)
+        ax.set_xlabel("α (filter-normalised direction 1)")
+        ax.set_ylabel("loss")
+        ax.set_title(title, fontsize=9)
+        ax = fig.add_subplot(3, len(names), len(names) + col + 1)
+        a, b = np.meshgrid(ls.grid_axis, ls.grid_axis, indexing="ij")
+        cs = ax.contour(a, b, ls.surface, levels=levels, cmap="viridis")
+        ax.clabel(cs, fontsize=6)
+        ax.plot([0], [0], "r+")
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+        ax = fig.add_subplot(3, len(names), 2 * len(names) + col + 1, projection="3d")
+        ax.plot_surface(a, b, ls.surface, cmap="viridis", vmin=zmin, vmax=zmax)
+        ax.set_zlim(zmin, zmax)
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+        ax.set_zlabel("loss")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_features(panels: dict, path: Path) -> Path:
+    """2-D projections of retain and forget embeddings coloured by class (000 Fig. 1), one panel
+    per model. ``panels`` maps a model name to ``(points_R, labels_R, points_F, labels_F)``;
+    retain points are small and faint, forget points are crosses."""
+    plt = _pyplot()
+    names = list(panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        pr, yr, pf, yf = panels[name]
+        vmax = max(int(np.max(yr, initial=0)), int(np.max(yf, initial=0)), 1)
+        ax.scatter(pr[:, 0], pr[:, 1], c=yr, cmap="tab10", vmin=0, vmax=vmax, s=4, alpha=0.35)
+        ax.scatter(
+            pf[:, 0], pf[:, 1], c=yf, cmap="tab10", vmin=0, vmax=vmax, s=30, marker="x", lw=1.2
+        )
+        ax.set_title(f"{name}: R (dots, n={len(pr)}) and F (crosses, n={len(pf)})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
