@@ -1,0 +1,67 @@
+"""Resuming an interrupted training stage from its last epoch checkpoint (docs/pipeline.md).
+
+Every training stage (pretraining, the oracle, unlearning) saves ``checkpoints/latest.ckpt``
+(model, optimizer, scheduler, loop counters and — :class:`callbacks.rng_state.RNGStateCheckpoint`
+— the random generators) at the end of each epoch into its ``<key>.partial/`` work directory.
+:func:`resume_from` decides whether a rerun may continue from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+def resume_from(path: Path, stage: str, max_epochs: int, allow_last: bool = True) -> str | None:
+    """``str(path)`` if it is a readable checkpoint (``torch.load(weights_only=True)``: nothing
+    in it can execute code) to resume ``stage`` from, else ``None``.
+
+    A damaged checkpoint is deleted with a warning and the stage starts over. With
+    ``allow_last=False`` a checkpoint of the stage's last epoch is not resumed from either (a
+    method with one-shot work in ``on_fit_start``, e.g. IU, would otherwise apply it twice).
+    """
+    if not path.is_file():
+        return None
+    try:
+        epoch = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception as exc:  # truncated, wrong format, unpicklable content: never trust it
+        log.warning(
+            "[%s] checkpoint %s is unreadable (%s); starting the stage over", stage, path, exc
+        )
+        path.unlink(missing_ok=True)  # another DDP rank may have removed it already
+        return None
+    if not allow_last and epoch + 1 >= max_epochs:
+        log.info("[%s] checkpoint %s is of the last epoch; starting the stage over", stage, path)
+        path.unlink(missing_ok=True)  # another DDP rank may have removed it already
+        return None
+    log.info("[%s] resuming from %s (%d of %d epochs done)", stage, path, epoch + 1, max_epochs)
+    return str(path)
+
+
+class ElapsedTime(Callback):
+    """Wall time of a fit summed over its attempts (kept in the checkpoint), so a resumed stage
+    reports the time of all its epochs, not just those of the last attempt."""
+
+    def __init__(self) -> None:
+        self.previous = 0.0
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.previous + time.perf_counter() - self._start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous = float(state_dict["seconds"])
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.perf_counter()
