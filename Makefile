@@ -36,9 +36,8 @@ format: $(STAMP) ## ruff autoformat
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP) ## benchmarks: ratios measured side by side (not tests); QUICK=1 for a short run
-	$(PY) bench/bench_sam.py $(if $(QUICK),--quick)
-	$(PY) bench/bench_memorization.py $(if $(QUICK),--quick)
+bench: $(STAMP) ## benchmarks: one table of ratios -> docs/benchmarks.md (< 10 min); QUICK=1 shorter
+	$(PY) -m bench $(if $(QUICK),--quick)
 
 clean: ## remove logs and caches of this checkout (not the stage cache)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

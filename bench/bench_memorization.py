@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Aim, Row
 from datamodules.embedded import Digits
 from unlearning.memorization import (
     TrainConfig,
@@ -97,6 +98,39 @@ def time_variant(
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
+
+
+#: per run size: (members, epochs, repeats) of the table's vmap-vs-loop comparison
+PLAN = {"full": (16, 3, 2), "quick": (8, 2, 2), "smoke": (2, 1, 1)}
+AIM = Aim(">=", 4.0)
+
+
+def rows(size: str = "full", work: Path | None = None) -> list[Row]:
+    """Item 3 (memorization) of the table: members/s of the vectorised ensemble
+    (``strategy="vmap"``, all members in one chunk) over the sequential loop, both with one
+    thread as a default estimate runs them, in alternating order per repeat."""
+    members, epochs, repeats = PLAN[size]
+    x, y = (lambda d: (d.x, d.y))(Digits().dataset("train", augment=False))
+    make_model = functools.partial(SmallCNN, num_classes=10, in_channels=1, width=32)
+    masks = subset_masks(len(y), members, FRACTION, seed=0)
+    cfg = TrainConfig(epochs=epochs)
+    specs = {
+        "sequential": dict(strategy="sequential", threads=1),
+        "vmap": dict(strategy="vmap", threads=1, chunk_size=members),
+    }
+    for spec in specs.values() if size != "smoke" else ():  # warm-up outside the timings
+        time_variant(make_model, x, y, masks[:2], TrainConfig(epochs=1), spec)
+    seconds: dict[str, list[float]] = {k: [] for k in specs}
+    for r in range(repeats):
+        for name in specs if r % 2 == 0 else list(specs)[::-1]:
+            seconds[name].append(time_variant(make_model, x, y, masks, cfg, specs[name]))
+    ratio = statistics.median(s / v for s, v in zip(seconds["sequential"], seconds["vmap"]))
+    note = (
+        f"digits SmallCNN, {members} members × {epochs} epochs, |S_k| = {int(masks[0].sum())}, "
+        f"1 thread; sequential {members / min(seconds['sequential']):.2f} members/s"
+    )
+    details = {f"{k}_s": min(v) for k, v in seconds.items()}
+    return [Row("3", "vmap ensemble / sequential members: memorization", ratio, AIM, note, details)]
 
 
 def main() -> None:
