@@ -3,7 +3,8 @@
 Composes the config from ``conf/``, runs the pipeline (:func:`unlearning.pipeline.run`) and
 returns the optimized metric (``optimized_metric``, ToW by default) for Hydra sweepers.
 A user error (bad value, missing data) prints one message naming the key and exits with
-status 2 — no traceback.
+status 2 — no traceback. SIGTERM (preemption) exits with 143 after the current batch; rerunning
+resumes (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -11,21 +12,41 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import call
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unlearning.errors import USER_ERRORS
+from unlearning.errors import USER_ERRORS, unwrap_user_error
 from unlearning.pipeline import run
+from unlearning.sweep import completed_results
+from unlearning.wandb_logger import one_run_per_job
+
+RESUME_HINT = (
+    "interrupted by SIGTERM: finished stages are cached; run the same command again (same "
+    "hydra.run.dir) to resume the interrupted stage from its last epoch (docs/pipeline.md)"
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # a rerun of a sweep (hydra.sweep.dir=<old dir>) skips jobs whose results.json says ok
+    results = completed_results(cfg)
     try:
-        # `lab` (set by experiment=theory/*) runs a synthetic experiment instead of the pipeline
-        results = call(cfg.lab, cfg=cfg) if cfg.get("lab") else run(cfg)
-    except USER_ERRORS as error:
+        with one_run_per_job():  # finishes the job's W&B run, also when the job fails
+            # `lab` (set by experiment=theory/*) runs a synthetic experiment instead of the pipeline
+            if results is None:
+                results = call(cfg.lab, cfg=cfg) if cfg.get("lab") else run(cfg)
+    except (*USER_ERRORS, InstantiationException) as error:
+        # hydra's call()/instantiate() wrap a constructor's user error; unwrap it
+        error = unwrap_user_error(error)
+        if not isinstance(error, USER_ERRORS):
+            raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except SIGTERMException:  # Lightning stops a fit at the next batch after SIGTERM
+        print(RESUME_HINT, file=sys.stderr, flush=True)
+        sys.exit(143)  # 128 + SIGTERM: the job did not finish
     return results["metrics"].get(cfg.get("optimized_metric") or "tow")
 
 

@@ -15,8 +15,9 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# Quiet, fast trainers in every test.
-QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
+# Quiet, fast trainers in every test; the evaluation suite is off unless a test turns it on
+# (tests/unlearning/test_evaluation.py runs it).
+QUIET = ["trainer.enable_progress_bar=false", "logger=none", "eval=none"]
 
 
 def make_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
@@ -54,9 +55,11 @@ def config(tmp_path: Path, shared_cache: Path) -> Callable[..., DictConfig]:
 
 
 def cli_dirs(tmp_path: Path) -> list[str]:
-    """Overrides that keep a CLI run's cache and logs inside ``tmp_path``, without progress bars."""
+    """Overrides that keep a CLI run's cache and logs inside ``tmp_path``, without progress bars
+    or the evaluation suite."""
     return [
         "trainer.enable_progress_bar=false",
+        "eval=none",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]

@@ -15,3 +15,12 @@ class ConfigError(ValueError):
 
 #: exception types that ``train.py`` reports as a user error (exit code 2, no traceback).
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataConfigError)
+
+
+def unwrap_user_error(error: BaseException) -> BaseException:
+    """The user error behind ``error`` if it wraps one (``hydra.utils.instantiate`` re-raises a
+    constructor's :class:`DataConfigError` as ``InstantiationException``), else ``error``."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, USER_ERRORS):
+        cause = cause.__cause__
+    return cause if cause is not None else error

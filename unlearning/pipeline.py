@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -21,8 +22,10 @@ from torch import nn
 from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
-from unlearning import stages
+from unlearning import distributed, faults, stages
 from unlearning.cache import StageCache
+from unlearning.errors import unwrap_user_error
+from unlearning.evaluation import run_evaluations
 from unlearning.metrics.accuracy import accuracy
 from unlearning.metrics.tow import tug_of_war
 from unlearning.plots import plot_scores
@@ -95,6 +98,12 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             "fraction": OmegaConf.select(cfg, "method.fraction"),
             "batch_size": OmegaConf.select(cfg, "method.batch_size"),
         },
+        # N oracles for KLoM (eval.klom): the oracle recipe with N seeds
+        "klom_oracles": {
+            **pretrain,
+            "split": split,
+            "models": OmegaConf.select(cfg, "eval.klom.models"),
+        },
     }
 
 
@@ -140,7 +149,10 @@ def check_inputs(cfg: DictConfig) -> ImageSource:
     """Everything that can be checked before any training: config values, the data on disk, the
     forget-set size and a score file. Returns the data source."""
     validate_config(cfg)
-    source = build_source(cfg.dataset)
+    try:
+        source = build_source(cfg.dataset)
+    except InstantiationException as exc:  # a dataset constructor's DataConfigError, unwrapped
+        raise unwrap_user_error(exc) from None
     source.check()
     if "size" in cfg.split:
         forget_count(cfg.split.size, len(source.targets("train")))
@@ -182,6 +194,20 @@ def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Ar
     return Artefacts(pretrained, split, oracle, forget, test, scores, scores_entry)
 
 
+class Unlearned(NamedTuple):
+    """The unlearning stage's outcome: model, RTE in seconds, ``ok``/``diverged`` and the step
+    of divergence (``None`` unless diverged)."""
+
+    net: nn.Module
+    rte_s: float
+    status: str
+    diverged_at_step: int | None = None
+
+
+#: top-level config keys that do not change the unlearned model (its key in the output dir)
+NOT_UNLEARNING = ("paths", "logger", "eval", "optimized_metric", "hydra")
+
+
 def unlearning_stage(
     cfg: DictConfig,
     source: ImageSource,
@@ -189,15 +215,18 @@ def unlearning_stage(
     art: Artefacts,
     loggers: list,
     out: Path,
-) -> tuple[nn.Module, float, str]:
+) -> Unlearned:
     """The unlearned model, its RTE in seconds and the status. ``retrain`` is served by the
-    oracle stage; methods that split the model get their (cached) forget mask."""
+    oracle stage; methods that split the model get their (cached) forget mask.
+
+    The unlearned model is kept like a cache entry in the job's output directory,
+    ``<out>/unlearn/<key>/`` (checkpoints in ``<key>.partial/`` while it runs): a rerun with the
+    same output directory (``hydra.run.dir=...``) resumes an interrupted unlearning from its last
+    epoch, or reuses the finished model if the job died later (docs/pipeline.md)."""
     if stages.is_from_scratch(cfg):
         log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
-        return (
-            stages.load_model(cfg, art.oracle),
-            float(StageCache.meta(art.oracle)["seconds"]),
-            "ok",
+        return Unlearned(
+            stages.load_model(cfg, art.oracle), float(StageCache.meta(art.oracle)["seconds"]), "ok"
         )
     mask = None
     if stages.needs_forget_mask(cfg):
@@ -208,8 +237,18 @@ def unlearning_stage(
                 cfg, source, art.forget_indices, art.pretrained, d
             ),
         )
-    log.info("[unlearn] computing: method=%s optim=%s", cfg.method.name, cfg.optim.name)
-    return stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, out, mask)
+    log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
+    key = {k: v for k, v in _determining(cfg).items() if k not in NOT_UNLEARNING}
+    key["version"] = CACHE_VERSION
+    entry = distributed.stage_cache(out).get_or_compute(
+        "unlearn",
+        key,
+        lambda d: stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, d, mask),
+    )
+    meta = StageCache.meta(entry)
+    return Unlearned(
+        stages.load_model(cfg, entry), meta["rte_s"], meta["status"], meta["diverged_at_step"]
+    )
 
 
 def split_metrics(art: Artefacts) -> dict[str, float]:
@@ -227,12 +266,25 @@ def split_metrics(art: Artefacts) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for one config; return the ``results.json`` payload."""
     source = check_inputs(cfg)
+    # with a ddp trainer every rank runs the job; its ranks start here (unlearning.distributed)
+    with distributed.session(cfg):
+        return _run_checked(cfg, source)
+
+
+def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
+    """:func:`run` after the start-up checks, in every rank of a multi-process job; only rank 0
+    evaluates and writes outputs."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(cfg.paths.cache_dir)
+    cache = distributed.stage_cache(cfg.paths.cache_dir)
     art = cached_stages(cfg, source, cache)
     loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
-    unlearned, rte_s, status = unlearning_stage(cfg, source, cache, art, loggers, output_dir)
+    outcome = unlearning_stage(cfg, source, cache, art, loggers, output_dir)
+    unlearned, rte_s, status = outcome.net, outcome.rte_s, outcome.status
+    distributed.end_collectives()  # training is over: rank 0 evaluates and writes alone
+    if not distributed.is_rank_zero():
+        return {"status": status, "config": OmegaConf.to_container(cfg), "metrics": {}}
+    faults.inject("evaluate", 0)
 
     data = UnlearningDataModule(
         source,
@@ -253,14 +305,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(split_metrics(art))
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
+    evaluation = run_evaluations(
+        cfg,
+        models,
+        data,
+        output_dir,
+        metrics,
+        unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
+        cache=cache,
+        klom_key=stage_configs(cfg)["klom_oracles"],
+    )
+    metrics.update(evaluation.metrics)
 
     publish(loggers, metrics, status, sorted(output_dir.glob("*.png")))
     config = OmegaConf.to_container(cfg, resolve=True)
-    write_results(output_dir / "results.json", status, config, metrics)
+    write_results(
+        output_dir / "results.json",
+        status,
+        config,
+        metrics,
+        evaluation.notes,
+        diverged_at_step=outcome.diverged_at_step,
+    )
     title = (
         f"method={cfg.method.name} optim={cfg.optim.name} alpha={cfg.alpha} "
         f"dataset={cfg.dataset.name} split={cfg.split.name} "
         f"|F|={int(metrics['split/n_forget'])} status={status}"
     )
     print(summary_table(metrics, title) + f"\nresults: {output_dir / 'results.json'}", flush=True)
-    return {"status": status, "config": config, "metrics": metrics}
+    return {"status": status, "config": config, "metrics": metrics, "notes": evaluation.notes}

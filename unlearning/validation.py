@@ -13,7 +13,10 @@ from typing import Any
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.cache import StageCache
+from unlearning.distributed import check_trainer
 from unlearning.errors import ConfigError
+from unlearning.evaluation import check_eval_config
 from unlearning.methods.base import SCHEDULERS, UnlearningMethod
 
 
@@ -133,10 +136,51 @@ def _check_model_and_device(cfg: DictConfig) -> None:
             )
 
 
+def _check_reliability(cfg: DictConfig) -> None:
+    """The divergence threshold, and a cache directory that can be written (checked without
+    creating anything, so that a read-only or mistyped cache fails now, not after training)."""
+    if OmegaConf.select(cfg, "divergence.max_abs_loss") is not None:
+        _positive(cfg, "divergence.max_abs_loss")
+    StageCache(cfg.paths.cache_dir).check_writable()
+
+
+def _check_speed_settings(cfg: DictConfig) -> None:
+    """``channels_last`` and ``compile`` are booleans; ``compile=true`` needs TorchDynamo on this
+    Python and, on the CPU, a C++ compiler for the inductor backend (checked now rather than at
+    the first training step, minutes in)."""
+    import shutil
+
+    for key in ("channels_last", "compile"):
+        value = cfg.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "must be true or false")
+    if not cfg.get("compile", False):
+        return
+    import torch
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(
+            "compile", True, "torch.compile does not support this Python/torch; use compile=false"
+        )
+    if OmegaConf.select(cfg, "trainer.accelerator") == "cpu" and not any(
+        shutil.which(cxx) for cxx in ("c++", "g++", "clang++")
+    ):
+        raise ConfigError(
+            "compile",
+            True,
+            "on the CPU torch.compile needs a C++ compiler (g++ or clang++) on PATH; install one "
+            "or use compile=false",
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
     _check_training(cfg)
+    _check_reliability(cfg)
     _check_method(cfg)
     _check_memorization(cfg)
     _check_model_and_device(cfg)
+    _check_speed_settings(cfg)
+    check_trainer(cfg)  # ddp presets: devices, GPUs, nodes, batch divisible by W
+    check_eval_config(cfg)
     _check_method_arguments(cfg)

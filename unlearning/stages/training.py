@@ -22,7 +22,10 @@ from torch import nn
 from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.distributed import is_rank_zero, per_device_batch_size
+from unlearning.faults import FaultInjection
 from unlearning.methods.erm import ERM
+from unlearning.resume import resume_from
 
 # Lightning's advice to add DataLoader workers does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -52,9 +55,15 @@ def sharpness_callbacks(optim_cfg: DictConfig, rho: float | None = None) -> list
 
 
 def make_trainer(
-    cfg: DictConfig, max_epochs: int, callbacks: list[Callback], logger: Any, root: Path
+    cfg: DictConfig,
+    max_epochs: int,
+    callbacks: list[Callback],
+    logger: Any,
+    root: Path,
+    **overrides: Any,
 ) -> L.Trainer:
-    """A Lightning ``Trainer`` from the ``trainer`` preset with the stage's epochs and hooks."""
+    """A Lightning ``Trainer`` from the ``trainer`` preset with the stage's epochs and hooks
+    (``overrides``: further ``Trainer`` arguments the stage needs)."""
     return instantiate(
         cfg.trainer,
         max_epochs=max_epochs,
@@ -62,7 +71,21 @@ def make_trainer(
         logger=logger,
         default_root_dir=str(root),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **overrides,
     )
+
+
+def prepare_backbone(cfg: DictConfig, net: nn.Module) -> nn.Module:
+    """``net`` as a training stage runs it: in ``channels_last`` memory format and/or compiled
+    with ``torch.compile`` when the top-level keys ``channels_last`` / ``compile`` ask for it
+    (GPU settings, docs/config/trainer.md). Both act in place, so parameter names, ``state_dict``
+    keys and the saved weights are those of the plain module. Call it after a method's
+    constructor, so reference copies (``frozen_copy``) stay uncompiled."""
+    if cfg.get("channels_last"):
+        net.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        net.compile()  # lazy: compiles at the first forward pass
+    return net
 
 
 def load_model(cfg: DictConfig, entry: Path) -> nn.Module:
@@ -96,11 +119,12 @@ def train_from_scratch(
         train_set=train_set,
         name="pretrain" if train_set == "train" else "oracle",
     )
+    prepare_backbone(cfg, module.net)
     data = UnlearningDataModule(
         source,
         forget_indices,
         (train_set,),
-        p.batch_size,
+        per_device_batch_size(cfg, "pretrain.batch_size"),  # B / W under DDP
         cfg.eval_batch_size,
         num_workers=cfg.num_workers,
     )
@@ -113,16 +137,23 @@ def train_from_scratch(
     trainer = make_trainer(
         cfg,
         p.epochs,
-        [checkpoint, RNGStateCheckpoint(), *sharpness_callbacks(p.optim)],
+        [
+            checkpoint,
+            RNGStateCheckpoint(),
+            *sharpness_callbacks(p.optim),
+            FaultInjection(module.method_name),
+        ],
         CSVLogger(work_dir, name="logs"),  # one version per attempt (resumes keep earlier logs)
         work_dir,
     )
     last = ckpt_dir / "latest.ckpt"
     start = time.perf_counter()
-    trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
+    resume = resume_from(last, module.method_name, p.epochs)  # None: start (over)
+    trainer.fit(module, data, ckpt_path=resume, weights_only=True)
     if trainer.interrupted or trainer.current_epoch < p.epochs:
         # never let an unfinished model become a cache entry
         raise RuntimeError(f"training stopped at epoch {trainer.current_epoch} of {p.epochs}")
-    torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if is_rank_zero():  # the ranks of a DDP fit hold the same weights; one writes them
+        torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"train_seconds": time.perf_counter() - start, "epochs": p.epochs}
