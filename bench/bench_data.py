@@ -19,7 +19,6 @@ forward/backward (what a job sees) is reported in the note.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -115,13 +114,9 @@ def rows(size: str = "full", work: Path | None = None) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run_all import print_table
+    from bench.run_all import script_main
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print_table(rows("quick" if args.quick else "full"))
-    return 0
+    return script_main(rows, __doc__, argv)
 
 
 if __name__ == "__main__":

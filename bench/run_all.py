@@ -74,6 +74,15 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def script_main(rows: Callable[[str], list[Row]], doc: str | None, argv: list[str] | None) -> int:
+    """The command line of one benchmark script: prints its rows (``--quick``: short sizes)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print_table(rows("quick" if args.quick else "full"))
+    return 0
+
+
 def print_table(rows: list[Row]) -> None:
     print("\n" + format_table(rows), flush=True)
 
