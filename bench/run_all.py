@@ -153,38 +153,45 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.smoke else ROOT / "docs" / "benchmarks.md")
     import lightning.pytorch  # noqa: F401  (sets its logger's level on import: import first)
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("unlearning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    load_start = os.getloadavg()[0]
-    print(f"bench ({size}): {machine()}; load average {load_start:.1f}", flush=True)
+    # quiet logs while benchmarking; restored after, as main() may run inside a test session
+    quiet = {"lightning.pytorch": logging.ERROR, "unlearning": logging.WARNING}
+    previous = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        warnings.filterwarnings("ignore")
+        load_start = os.getloadavg()[0]
+        print(f"bench ({size}): {machine()}; load average {load_start:.1f}", flush=True)
 
-    start = time.perf_counter()
-    rows: list[Row] = []
-    table = benches()
-    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        job.SHARED_CACHE = Path(tmp) / "cache"  # f_A pretrained once for items 2-5
-        for item in only:
-            t0 = time.perf_counter()
-            work = Path(tmp) / f"item_{item}"
-            work.mkdir()
-            try:
-                new = table[item](size, work)
-            except Exception as exc:  # a broken benchmark is a row, not a lost table
-                traceback.print_exc()
-                new = [Row(item, "(failed)", None, note=f"{type(exc).__name__}: {exc}")]
-            rows.extend(new)
-            print(f"[{item}] {time.perf_counter() - t0:.0f} s", flush=True)
-            print_table(new)
-    job.SHARED_CACHE = None
-    took = time.perf_counter() - start
-    print(f"\nall items ({size}), {took / 60:.1f} min:", flush=True)
-    print_table(rows)
-    if out is not None:
-        flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[size]
-        loads = (load_start, os.getloadavg()[0])
-        write_report(Path(out), rows, size, f"python -m bench{flag}", took, loads)
-        print(f"written: {out}", flush=True)
+        start = time.perf_counter()
+        rows: list[Row] = []
+        table = benches()
+        with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+            job.SHARED_CACHE = Path(tmp) / "cache"  # f_A pretrained once for items 2-5
+            for item in only:
+                t0 = time.perf_counter()
+                work = Path(tmp) / f"item_{item}"
+                work.mkdir()
+                try:
+                    new = table[item](size, work)
+                except Exception as exc:  # a broken benchmark is a row, not a lost table
+                    traceback.print_exc()
+                    new = [Row(item, "(failed)", None, note=f"{type(exc).__name__}: {exc}")]
+                rows.extend(new)
+                print(f"[{item}] {time.perf_counter() - t0:.0f} s", flush=True)
+                print_table(new)
+        job.SHARED_CACHE = None
+        took = time.perf_counter() - start
+        print(f"\nall items ({size}), {took / 60:.1f} min:", flush=True)
+        print_table(rows)
+        if out is not None:
+            flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[size]
+            loads = (load_start, os.getloadavg()[0])
+            write_report(Path(out), rows, size, f"python -m bench{flag}", took, loads)
+            print(f"written: {out}", flush=True)
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
     return 0
 
 
