@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearning.modes import eval_mode
+
 
 def forget_gradient_saliency(
     net: nn.Module, forget_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -22,17 +24,15 @@ def forget_gradient_saliency(
     The network is evaluated in eval mode (BatchNorm uses its running statistics and they are not
     updated) and left with zero gradients; its weights are unchanged.
     """
-    was_training = net.training
-    net.eval()
-    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
-    total = {name: torch.zeros_like(p) for name, p in params.items()}
-    device = next(net.parameters()).device
-    for x, y in forget_batches:
-        loss = F.cross_entropy(net(x.to(device)), y.to(device))
-        grads = torch.autograd.grad(loss, list(params.values()))
-        for name, grad in zip(params, grads, strict=True):
-            total[name] += grad
-    net.train(was_training)
+    with eval_mode(net):
+        params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+        total = {name: torch.zeros_like(p) for name, p in params.items()}
+        device = next(net.parameters()).device
+        for x, y in forget_batches:
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            grads = torch.autograd.grad(loss, list(params.values()))
+            for name, grad in zip(params, grads, strict=True):
+                total[name] += grad
     return {name: g.abs() for name, g in total.items()}
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from unlearning.methods.base import Batch, UnlearningMethod
+from unlearning.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,7 @@ class InfluenceUnlearning(UnlearningMethod):
         """Apply ``w ← w + scale·H⁻¹ v`` from batches of R and F (lists of ``(x, y)`` on the
         backbone's device); returns a few diagnostics."""
         retain, forget = list(retain), list(forget)
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             with torch.enable_grad():
                 sum_f, n_f = self._gradient_sum(forget)
                 sum_r, n_r = self._gradient_sum(retain)
@@ -220,8 +219,6 @@ class InfluenceUnlearning(UnlearningMethod):
                 grads = per_sample_gradients(self.net, x_r, y_r, self.chunk)
             delta = self.scale * woodfisher_inverse_product(grads, v, self.damping)
             self._add_to_weights(delta)
-        finally:
-            self.net.train(was_training)
         self.applied = True
         self.stats = {
             "fisher_samples": float(len(grads)),

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unlearning.methods.base import Batch, UnlearningMethod, check_retain_weight
+from unlearning.modes import eval_mode
 
 ADAPTIVE_SIGNS = ("positive", "negative")
 
@@ -123,13 +124,9 @@ class UGradSLPlus(UnlearningMethod):
     def adaptive_rates(self, batch: Batch) -> Tensor:
         """004 App. D: ``a_j = ±c_j/|B_r|`` with c_j the retain samples within cosine distance
         ``beta`` of forget sample j in ``net.embed`` feature space (eval mode, no gradient)."""
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             z_r = self.net.embed(batch["retain"][0]).flatten(1)
             z_f = self.net.embed(batch["forget"][0]).flatten(1)
-        finally:
-            self.net.train(was_training)
         cosine = F.normalize(z_f.float(), dim=1) @ F.normalize(z_r.float(), dim=1).T
         counts = ((1.0 - cosine) < self.beta).sum(1)
         rates = counts.float() / len(z_r)

@@ -7,6 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from unlearning.modes import eval_mode
+
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, loader: DataLoader, num_classes: int) -> float:
@@ -15,13 +17,11 @@ def accuracy(model: nn.Module, loader: DataLoader, num_classes: int) -> float:
     The model is put in eval mode (BatchNorm running statistics, no dropout) and restored to
     its previous mode afterwards. Returns ``nan`` for an empty loader.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    metric = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
-    seen = 0
-    for x, y in loader:
-        metric.update(model(x.to(device)), y.to(device))
-        seen += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        metric = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
+        seen = 0
+        for x, y in loader:
+            metric.update(model(x.to(device)), y.to(device))
+            seen += len(y)
     return float(metric.compute()) if seen else float("nan")

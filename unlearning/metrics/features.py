@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from unlearning.modes import eval_mode
+
 
 @dataclass
 class Outputs:
@@ -39,16 +41,14 @@ def model_outputs(model: nn.Module, loader: DataLoader) -> Outputs:
     ``loader``, with the model in eval mode (restored afterwards). The logits come from
     ``forward`` (not ``head(embed(x))``) so that backbones with a fixed second layer, such as the
     two-layer CNN of 000 eq. 1, are read correctly."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits, embeddings, labels = [], [], []
-    for x, y in loader:
-        x = x.to(device)
-        embeddings.append(model.embed(x).float().cpu())
-        logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        logits, embeddings, labels = [], [], []
+        for x, y in loader:
+            x = x.to(device)
+            embeddings.append(model.embed(x).float().cpu())
+            logits.append(model(x).float().cpu())
+            labels.append(y.cpu())
     if not labels:
         return Outputs(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
     return Outputs(torch.cat(logits), torch.cat(embeddings), torch.cat(labels).long())

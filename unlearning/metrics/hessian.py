@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vjp
 
+from unlearning.modes import eval_mode
+
 
 @dataclass
 class Eigen:
@@ -78,9 +80,7 @@ def top_hessian_eigenvalue(
     restored afterwards."""
     if len(x) == 0:
         raise ValueError("the Hessian needs at least one sample")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device).long()
         params, hvp = hvp_fn(model, x, y, chunk)
@@ -104,5 +104,3 @@ def top_hessian_eigenvalue(
                 break
             value = new
         return Eigen(value, done, converged)
-    finally:
-        model.train(was_training)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from unlearning.modes import eval_mode
+
 
 def filter_normalized_direction(
     params: dict[str, torch.Tensor], generator: torch.Generator
@@ -83,9 +85,7 @@ def loss_landscape(
     number of steps puts θ itself on the grids."""
     if len(x) == 0:
         raise ValueError("the loss landscape needs at least one sample")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device).long()
         params = {k: p.detach() for k, p in model.named_parameters()}
@@ -107,5 +107,3 @@ def loss_landscape(
         curve = np.array([loss(a, 0.0) for a in alphas])
         surface = np.array([[loss(a, b) for b in axis] for a in axis])
         return Landscape(alphas, curve, axis, surface, loss(0.0, 0.0))
-    finally:
-        model.train(was_training)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from unlearning.errors import ConfigError
+from unlearning.modes import eval_mode
 
 HessianMode = Literal["exact", "gauss_newton", "outer_product"]
 HESSIAN_MODES: tuple[str, ...] = ("exact", "gauss_newton", "outer_product")
@@ -316,9 +317,7 @@ def per_sample_hessians(
     def loss_of(flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(logits_of(flat, x).unsqueeze(0), y.unsqueeze(0))
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if mode == "exact":
             h = vmap(hessian(loss_of), in_dims=(None, 0, 0), chunk_size=chunk_size)(
                 flat0, inputs, targets
@@ -338,8 +337,6 @@ def per_sample_hessians(
         evals, evecs = torch.linalg.eigh(lam)
         root = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)
         return root @ jac
-    finally:
-        model.train(was_training)
 
 
 def split_coherence(
