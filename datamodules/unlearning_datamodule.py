@@ -102,9 +102,9 @@ class UnlearningDataModule(L.LightningDataModule):
         """Indices of set ``name`` in its part (``None`` = all of D_test)."""
         return self.test_indices if name == "test" else self.indices[name]
 
-    def _subset(self, name: str, augment: bool) -> Dataset:
+    def _subset(self, name: str, augment: bool, rows: np.ndarray | None) -> Dataset:
         part = "test" if name == "test" else "train"
-        data, rows = self.source.dataset(part, augment=augment), self._rows(name)
+        data = self.source.dataset(part, augment=augment)
         return data if rows is None else Subset(data, rows.tolist())
 
     def set_size(self, name: str) -> int:
@@ -113,12 +113,22 @@ class UnlearningDataModule(L.LightningDataModule):
         return len(self.source.targets("test")) if rows is None else len(rows)
 
     def loader(
-        self, name: str, batch_size: int, shuffle: bool, augment: bool, with_ids: bool = False
+        self,
+        name: str,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        with_ids: bool = False,
+        positions: np.ndarray | None = None,
     ) -> DataLoader:
-        """A ``DataLoader`` over set ``name``: batch-level fetches (:class:`TensorBatches`) where
-        the source holds the set as tensors, else per-sample fetches and ``collate``."""
+        """A ``DataLoader`` over set ``name`` (only its samples at ``positions``, in that order,
+        when given): batch-level fetches (:class:`TensorBatches`) where the source holds the set
+        as tensors, else per-sample fetches and ``collate``."""
         part = "test" if name == "test" else "train"
         rows = self._rows(name)
+        if positions is not None:
+            positions = np.asarray(positions, dtype=np.int64)
+            rows = positions if rows is None else rows[positions]
         tensors = self.source.in_memory(part, augment) if self.use_in_memory else None
         if tensors is not None:
             x, y = tensors
@@ -128,7 +138,7 @@ class UnlearningDataModule(L.LightningDataModule):
             data: Dataset = TensorBatches(x, y, ids if with_ids else None)
             collate = keep_batch
         else:
-            data, collate = self._subset(name, augment), None
+            data, collate = self._subset(name, augment, rows), None
             if with_ids:
                 data = WithSampleIds(data, range(len(data)) if rows is None else rows.tolist())
         return DataLoader(
@@ -165,7 +175,12 @@ class UnlearningDataModule(L.LightningDataModule):
             return "min_size"
         raise ValueError(f"driver={self.driver!r} is neither the longest nor the shortest set")
 
-    def eval_dataloader(self, name: str, batch_size: int | None = None) -> DataLoader:
+    def eval_dataloader(
+        self, name: str, batch_size: int | None = None, positions: np.ndarray | None = None
+    ) -> DataLoader:
         """Batches over set ``name`` (``retain``, ``forget``, ``test`` or ``train``) with test
-        transforms and no shuffling (``batch_size`` defaults to ``eval_batch_size``)."""
-        return self.loader(name, batch_size or self.eval_batch_size, False, augment=False)
+        transforms and no shuffling (``batch_size`` defaults to ``eval_batch_size``);
+        ``positions`` restricts it to those samples of the set, in that order."""
+        return self.loader(
+            name, batch_size or self.eval_batch_size, False, augment=False, positions=positions
+        )

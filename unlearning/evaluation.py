@@ -170,12 +170,13 @@ class _Data:
         return self._tensors[set_name]
 
     def sample(self, set_name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed (seeded) subset of at most ``n`` samples of a set."""
-        x, y = self.tensors(set_name)
-        if len(y) <= n:
-            return x, y
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
-        return x[idx], y[idx]
+        """A fixed (seeded) subset of at most ``n`` samples of a set; only those are loaded."""
+        size = self.data.set_size(set_name)
+        if size <= n:
+            return self.tensors(set_name)
+        idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+        batches = list(self.data.eval_dataloader(set_name, positions=idx.numpy()))
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]).long()
 
 
 def run_evaluations(

@@ -166,3 +166,12 @@ def test_per_sample_offsets_are_uniform_over_wrong_classes():
     assert torch.equal(offsets, per_sample_offsets(ids, seed=3, epoch=0, num_classes=5))
     assert (offsets != per_sample_offsets(ids, seed=3, epoch=1, num_classes=5)).float().mean() > 0.7
     assert (offsets != per_sample_offsets(ids, seed=4, epoch=0, num_classes=5)).float().mean() > 0.7
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_eval_positions_load_only_those_samples_in_that_order(digits, in_memory):
+    source, forget = digits
+    data = UnlearningDataModule(source, forget, in_memory=in_memory)
+    (x_all, y_all), positions = next(iter(data.eval_dataloader("retain", 10_000))), [7, 0, 3]
+    x, y = next(iter(data.eval_dataloader("retain", positions=np.array(positions))))
+    assert torch.equal(x, x_all[positions]) and torch.equal(y, y_all[positions])

@@ -40,7 +40,7 @@ SMALL = [
 
 
 class TinyData:
-    """Stands in for UnlearningDataModule: fixed tensors per set, ``eval_dataloader(name)``."""
+    """Stands in for UnlearningDataModule: fixed tensors per set, the same loader interface."""
 
     def __init__(self, forget_class: int | None = None, n: int = 120) -> None:
         gen = torch.Generator().manual_seed(0)
@@ -57,8 +57,14 @@ class TinyData:
             "test": (x[n:], y[n:]) if forget_class is None else (x[n:][keep], y[n:][keep]),
         }
 
-    def eval_dataloader(self, name: str, batch_size: int | None = None) -> DataLoader:
-        return DataLoader(TensorDataset(*self.sets[name]), batch_size=batch_size or 64)
+    def set_size(self, name: str) -> int:
+        return len(self.sets[name][1])
+
+    def eval_dataloader(self, name: str, batch_size: int | None = None, positions=None):
+        x, y = self.sets[name]
+        if positions is not None:
+            x, y = x[positions], y[positions]
+        return DataLoader(TensorDataset(x, y), batch_size=batch_size or 64)
 
 
 def _models() -> dict[str, SmallCNN]:
