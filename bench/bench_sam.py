@@ -12,7 +12,7 @@ every repeat (so drift of the machine hits all of them alike):
 * ``sgd_inline``  plain PyTorch: forward, backward, ``SGD.step``;
 * ``sam_inline``  the same with SAM hand-inlined (first pass, ê = ρ g/‖g‖, perturb, BN momentum 0,
   second pass, restore by copy, step), i.e. what one writes without the framework;
-* ``sgd_lightning`` a ``lightning.Trainer`` step of a minimal LightningModule;
+* ``sgd_lightning`` a ``lightning.Trainer`` step of the framework's training module (``ERM``);
 * ``sam_lightning`` the same Trainer step with the ``callbacks.sharpness.SAM`` callback.
 
 Lightning steps are timed from ``on_train_batch_start`` to ``on_train_batch_end``. Each repeat
@@ -135,19 +135,15 @@ def time_inline(
 # ----------------------------------------------------------------------------- Lightning
 
 
-class Classifier(pl.LightningModule):
-    """A minimal method: cross-entropy on the batch, SGD with momentum and weight decay."""
+def classifier(net: nn.Module) -> pl.LightningModule:
+    """The framework's own training module (``unlearning.methods.erm.ERM``, what pretraining
+    and the oracle run): cross-entropy on the batch, SGD with momentum and weight decay."""
+    from functools import partial
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    from unlearning.methods.erm import ERM
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return sgd(self)
+    optimizer = partial(torch.optim.SGD, momentum=MOMENTUM, weight_decay=WD)
+    return ERM(net, optimizer=optimizer, lr=LR, train_set="train")
 
 
 class StepTimer(pl.Callback):
@@ -165,10 +161,11 @@ class StepTimer(pl.Callback):
 
 
 class RepeatBatch:
-    """An iterable yielding the same batch ``n`` times (a loader Lightning accepts as is)."""
+    """An iterable yielding the same batch ``n`` times (a loader Lightning accepts as is), as
+    the framework's datamodule shapes it: ``{"train": (x, y)}``."""
 
     def __init__(self, batch: tuple[Tensor, Tensor], n: int) -> None:
-        self.batch, self.n = batch, n
+        self.batch, self.n = {"train": batch}, n
 
     def __iter__(self) -> Any:
         return iter([self.batch] * self.n)
@@ -193,7 +190,7 @@ def time_lightning(
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    trainer.fit(Classifier(copy.deepcopy(net0)), train_dataloaders=RepeatBatch(batch, warm + n))
+    trainer.fit(classifier(copy.deepcopy(net0)), train_dataloaders=RepeatBatch(batch, warm + n))
     return timer.times[warm:]
 
 

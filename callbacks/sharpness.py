@@ -328,7 +328,9 @@ def running_stat_modules(module: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def frozen_running_stats(modules: nn.Module | Sequence[nn.Module] | None) -> Iterator[None]:
+def frozen_running_stats(
+    modules: nn.Module | Sequence[nn.Module] | None, store: dict[int, Tensor] | None = None
+) -> Iterator[None]:
     """Keep BatchNorm running statistics unchanged by the forward passes inside the block.
 
     SAM's second pass must not update ``running_mean``/``running_var``/``num_batches_tracked``
@@ -336,6 +338,8 @@ def frozen_running_stats(modules: nn.Module | Sequence[nn.Module] | None) -> Ite
     ``momentum=None`` cumulative averaging, where setting momentum to 0 would not be).
     Normalisation in train mode still uses the batch statistics, so gradients are unaffected.
     ``modules``: a module (searched with :func:`running_stat_modules`) or a list of layers.
+    ``store``: optional scratch buffers for the saved copies, kept and reused across calls (the
+    callback passes one, so a step allocates nothing).
     """
     if modules is None:
         layers: list[nn.Module] = []
@@ -343,18 +347,20 @@ def frozen_running_stats(modules: nn.Module | Sequence[nn.Module] | None) -> Ite
         layers = running_stat_modules(modules)
     else:
         layers = list(modules)
-    saved: list[tuple[Tensor, Tensor]] = []
-    for layer in layers:
-        for name in _RUNNING_STATS:
-            buf = getattr(layer, name, None)
-            if isinstance(buf, Tensor) and not isinstance(buf, nn.parameter.UninitializedBuffer):
-                saved.append((buf, buf.clone()))
+    live = [
+        buf
+        for layer in layers
+        for name in _RUNNING_STATS
+        if isinstance(buf := getattr(layer, name, None), Tensor)
+        and not isinstance(buf, nn.parameter.UninitializedBuffer)
+    ]
+    saved = [b.clone() for b in live] if store is None else _copy_into(store, live)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
+        if live:
+            with torch.no_grad():
+                torch._foreach_copy_(live, saved)  # one fused call (mixed dtypes are fine)
 
 
 def sharpness_aware_grad(
@@ -507,11 +513,8 @@ def _buffers(store: dict[int, Tensor], params: Sequence[Tensor]) -> list[Tensor]
 def _copy_into(store: dict[int, Tensor], tensors: Sequence[Tensor]) -> list[Tensor]:
     """Copies of ``tensors`` in the reusable buffers of ``store``."""
     bufs = _buffers(store, tensors)
-    if _foreach_ok(bufs, tensors):
-        torch._foreach_copy_(bufs, list(tensors))
-    else:
-        for b, t in zip(bufs, tensors, strict=True):
-            b.copy_(t)
+    if bufs:
+        torch._foreach_copy_(bufs, list(tensors))  # groups by device and dtype itself
     return bufs
 
 
@@ -591,6 +594,7 @@ class SharpnessAwareCallback(Callback):
         self._metrics: list[nn.Module] = []
         self._saved_store: dict[int, Tensor] = {}  # w during the second pass, reused per step
         self._grad_store: dict[int, Tensor] = {}  # g for 2g − g' (sharpness maximisation)
+        self._stats_store: dict[int, Tensor] = {}  # BatchNorm running statistics, reused
 
     # ---- description -------------------------------------------------------------------
 
@@ -710,6 +714,7 @@ class SharpnessAwareCallback(Callback):
     def _uninstall(self) -> None:
         self._saved_store.clear()
         self._grad_store.clear()
+        self._stats_store.clear()
         strategy, self._strategy = self._strategy, None
         if strategy is None:
             return
@@ -772,7 +777,7 @@ class SharpnessAwareCallback(Callback):
         def second_pass() -> Any:
             with (
                 perturbed(params, pending.pop(), self.sign, saved=saved),
-                frozen_running_stats(self._norm_layers),
+                frozen_running_stats(self._norm_layers, self._stats_store),
                 _first_pass_only_logging(pl_module, self._metrics),
             ):
                 closure()

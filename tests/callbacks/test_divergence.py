@@ -87,3 +87,53 @@ def test_state_survives_a_checkpoint_so_a_resumed_fit_stops_at_once():
 def test_a_non_positive_threshold_is_refused():
     with pytest.raises(ValueError, match="max_abs_loss"):
         DivergenceGuard(max_abs_loss=0)
+
+
+@pytest.mark.parametrize("lr,threshold", [(10.0, 1e3), (1e30, None)])
+def test_a_lagged_verdict_keeps_the_same_weights_and_step_as_an_immediate_one(lr, threshold):
+    """lag = 1 (the CUDA default, forced here on CPU) reads each step's verdict one step late,
+    but puts back the same weights and reports the same step as lag = 0."""
+    now, late = DivergenceGuard(threshold, lag=0), DivergenceGuard(threshold, lag=1)
+    module_now, _ = _fit(lr, now)
+    module_late, trainer_late = _fit(lr, late)
+    assert now.diverged_at_step is not None
+    assert (late.diverged_at_step, late.reason) == (now.diverged_at_step, now.reason)
+    assert torch.equal(module_late.net.weight, module_now.net.weight)
+    assert torch.equal(module_late.net.bias, module_now.net.bias)
+    # it noticed one step late: one more step ran, then the weights were put back
+    assert trainer_late.global_step == now.diverged_at_step + 1
+
+
+class BlowsUpAt(Ascent):
+    """A stable fit whose loss jumps past any threshold from optimizer step ``at`` on."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(lr=1e-3)
+        self.at = at
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e9 if self.trainer.global_step + 1 >= self.at else loss
+
+
+def test_a_divergence_in_the_last_step_of_an_epoch_is_judged_before_the_epoch_ends():
+    """With lag = 1 the last step's verdict is still in flight when the epoch ends (8 steps an
+    epoch here): it is read then, so the checkpoint written at the epoch's end never holds
+    unjudged weights and no step of the next epoch runs."""
+    for lag in (0, 1):
+        torch.manual_seed(0)
+        data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=8)
+        module, guard = BlowsUpAt(at=8), DivergenceGuard(1e3, lag=lag)
+        trainer = L.Trainer(
+            max_epochs=3,
+            callbacks=[guard],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(module, data)
+        assert guard.diverged_at_step == 8 and "max_abs_loss" in guard.reason
+        assert trainer.global_step == 8 and trainer.current_epoch == 1
+        assert torch.equal(module.net.weight, module.seen[6])  # W_6: the last with a good loss

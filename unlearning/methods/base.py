@@ -73,6 +73,15 @@ class UnlearningMethod(L.LightningModule):
         self.lr, self.epochs, self.scheduler_name, self.method_name = lr, epochs, scheduler, name
         self.batch_size = batch_size
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` around every hook it calls (~45 times a training
+        # step); nn.Module.__setattr__'s parameter/module/buffer checks make that ~0.2 ms a step,
+        # a visible share of a small model's step (bench item 2). It is a plain attribute.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -110,11 +119,32 @@ class UnlearningMethod(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, parts = self.loss(batch)
-        batch_size = len(next(iter(batch.values()))[1])
+        self.log_step(loss, parts, batch_size=len(next(iter(batch.values()))[1]))
+        return loss
+
+    def log_step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log ``train/loss`` (also on the progress bar) and ``train/<part>`` for this step — on
+        the steps whose values reach the logger only (every ``trainer.log_every_n_steps``).
+
+        Lightning keeps only the latest ``on_step`` value of a key and writes it on those steps,
+        so skipping the others loses nothing a logger or the progress bar would show (the bar's
+        loss then changes every ``log_every_n_steps`` steps). It saves a fixed cost of ~0.1 ms
+        per ``self.log`` call (Lightning moves its whole result entry to the value's device on
+        every call), a visible share of a small model's step (bench item 2, docs/benchmarks.md).
+        The divergence guard reads the loss ``training_step`` returns, not the logged value.
+        """
+        if not self._logs_this_step():
+            return
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
-        return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the trainer writes this training step's logged values to its loggers."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        # Lightning's own rule (every log_every_n_steps optimizer steps, and the last step
+        # before a stop); without a trainer (a bare call in a test) everything is logged
+        return connector is None or bool(connector.should_update_logs)
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters handed to the optimizer."""

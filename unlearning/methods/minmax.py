@@ -140,10 +140,11 @@ class SharpMinMax(UnlearningMethod):
         for p, a, b in zip(params, d_r, d_f, strict=True):
             p.grad = a + b
         optimizer.step()
-        batch_size = len(batch["retain"][1])
-        self.log("train/loss", loss_r + loss_f, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss_retain", loss_r / max(self.alpha, 1e-12), batch_size=batch_size)
-        self.log("train/loss_forget", -loss_f / max(1 - self.alpha, 1e-12), batch_size=batch_size)
+        parts = {
+            "loss_retain": loss_r / max(self.alpha, 1e-12),
+            "loss_forget": -loss_f / max(1 - self.alpha, 1e-12),
+        }
+        self.log_step(loss_r + loss_f, parts, batch_size=len(batch["retain"][1]))
         return loss_r + loss_f
 
     def on_train_epoch_end(self) -> None:
