@@ -10,11 +10,16 @@ batched-fetch hook), so the ``DataLoader`` hands it each batch's index list and 
 exactly those of the per-sample path (results and resumes are unchanged, bit for bit), and
 Lightning still shards it across processes under DDP. ``bench/bench_data.py`` measures the
 speed-up.
+
+A train augmentation that works on whole batches (:class:`~datamodules.batch_augment
+.BatchAugment`, for the CIFAR/SVHN uint8 images) is passed as ``transform`` and applied to each
+fetched ``x[idx]``. The tensors may live on a GPU (the datamodule's ``data_device``): then
+indexing and augmentation run there, in the main process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,12 +29,22 @@ from torch.utils.data import Dataset
 
 class TensorBatches(Dataset):
     """Rows of in-memory tensors ``(x[i], y[i])`` — or ``(x[i], y[i], ids[i])`` — fetched a whole
-    batch at a time through ``__getitems__``. Use with ``collate_fn=keep_batch``."""
+    batch at a time through ``__getitems__``. Use with ``collate_fn=keep_batch``.
 
-    def __init__(self, x: Tensor, y: Tensor, ids: Tensor | None = None) -> None:
+    ``transform`` (e.g. a batched train augmentation) maps each fetched image batch ``x[idx]`` to
+    the batch served; ``None`` serves the rows as they are."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        ids: Tensor | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         if len(x) != len(y) or (ids is not None and len(ids) != len(y)):
             raise ValueError(f"{len(x)} images, {len(y)} labels and ids of another length")
         self.tensors = (x, y) if ids is None else (x, y, ids)
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.tensors[1])
@@ -37,11 +52,16 @@ class TensorBatches(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         """One row as the per-sample datasets give it: ``(x, int(y)[, int(id)])``."""
         x, *rest = (t[index] for t in self.tensors)
+        if self.transform is not None:
+            x = self.transform(x.unsqueeze(0))[0]
         return (x, *(int(v) for v in rest))
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        return tuple(t[idx] for t in self.tensors)
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.tensors[0].device)
+        x, *rest = (t[idx] for t in self.tensors)
+        if self.transform is not None:
+            x = self.transform(x)
+        return (x, *rest)
 
 
 def keep_batch(batch: Any) -> Any:

@@ -10,7 +10,10 @@
 
 Transforms follow 000 App. C.1 (``RandomResizedCrop`` + ``RandomHorizontalFlip`` at train time,
 SPEC §7) and normalise with the dataset's channel mean/std. Test transforms only resize to the
-network input. Every ``check()`` is cheap (file existence only) and raises
+network input. CIFAR and SVHN serve whole batches from tensors: the test transform is applied
+once, the train augmentation per batch by :class:`~datamodules.batch_augment.BatchAugment`
+(``augment_impl="batched"``, the default; ``"per_sample"`` keeps torchvision's PIL transforms per
+item). Every ``check()`` is cheap (file existence only) and raises
 :class:`~datamodules.errors.DatasetNotFoundError` naming ``dataset.root``, the path and the
 expected layout; ``docs/datasets.md`` describes each layout.
 """
@@ -25,14 +28,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from datamodules.batch_augment import BatchAugment
 from datamodules.errors import DataConfigError, DatasetNotFoundError
 from datamodules.sources import ImageSource, Part
 
 ROOT_KEY = "dataset.root"
+#: values of ``dataset.augment_impl``: whole-batch ``grid_sample`` or torchvision per sample.
+AUGMENT_IMPLS = ("batched", "per_sample")
 
 # Channel statistics of each train set (RGB, pixels in [0, 1]).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -191,11 +198,37 @@ class RealImageSource(ImageSource):
 
 
 class _InMemorySource(RealImageSource):
-    """Sources whose whole split fits in memory as uint8 ``N×H×W×C`` arrays, loaded once."""
+    """Sources whose whole split fits in memory as uint8 ``N×H×W×C`` arrays, loaded once.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Their loaders fetch whole batches from tensors (:meth:`in_memory`, issue #10):
+
+    * test transform: the images once through exactly the per-sample ops (``Resize`` by PIL if
+      the test transform resizes, then ``ToTensor`` = ``/255`` and ``Normalize`` in float32), so
+      the tensors equal the per-sample items; ``None`` (per-sample fetches) if they would exceed
+      :attr:`max_in_memory_bytes`;
+    * train transform with ``augment_impl="batched"``: the uint8 images ``N×C×H×W`` and
+      :meth:`batch_augment`, a :class:`~datamodules.batch_augment.BatchAugment` with this
+      source's crop scale, flip and normalisation, applied per fetched batch;
+      ``augment_impl="per_sample"``: ``None``, i.e. torchvision's PIL transforms per sample.
+
+    Args:
+        augment_impl: ``batched`` (default) or ``per_sample`` (config key
+            ``dataset.augment_impl``); the other arguments are :class:`RealImageSource`'s.
+    """
+
+    #: largest test-transformed float tensor of one part kept in memory; a bigger one (a large
+    #: ``image_size``) is served per sample instead.
+    max_in_memory_bytes: int = 4 << 30
+
+    def __init__(self, *args: Any, augment_impl: str = "batched", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if augment_impl not in AUGMENT_IMPLS:
+            raise DataConfigError(
+                "dataset.augment_impl", augment_impl, f"choose one of {list(AUGMENT_IMPLS)}"
+            )
+        self.augment_impl = str(augment_impl)
         self._parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._tensors: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @abstractmethod
     def load_part(self, part: Part) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +258,53 @@ class _InMemorySource(RealImageSource):
 
     def targets(self, part: Part) -> np.ndarray:
         return self.arrays(part)[1].copy()
+
+    def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Test transform: the items of ``dataset(part, False)`` stacked, float32 ``N×3×S×S``.
+        Train transform: the stored uint8 images ``N×3×H×W``, to go through
+        :meth:`batch_augment` per batch (``None`` with ``augment_impl="per_sample"``)."""
+        if augment and self.augment_impl != "batched":
+            return None
+        key = (part, bool(augment))
+        if key not in self._tensors:
+            images, labels = self.arrays(part)
+            if augment:
+                x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            else:
+                n_bytes = len(images) * self.in_channels * self.image_size**2 * 4
+                if n_bytes > self.max_in_memory_bytes:
+                    return None
+                x = self.test_tensors(images)
+            self._tensors[key] = (x, torch.from_numpy(labels))
+        return self._tensors[key]
+
+    def batch_augment(self) -> BatchAugment | None:
+        """``RandomResizedCrop(image_size, crop_scale)`` + flip (p = 0.5 if ``hflip``) +
+        ``Normalize(mean, std)`` on whole batches; ``None`` with ``augment_impl="per_sample"``."""
+        if self.augment_impl != "batched":
+            return None
+        flip_p = 0.5 if self.hflip else 0.0
+        return BatchAugment(self.image_size, self.crop_scale, self.mean, self.std, flip_p=flip_p)
+
+    def test_tensors(self, images: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """uint8 ``N×H×W×C`` images through the test transform, stacked: float32 ``N×C×S×S``.
+
+        The same operations as the per-sample ``test_transform()`` in the same order and dtype —
+        PIL ``Resize`` when :meth:`test_resize` has one, ``ToTensor`` (``x.float() / 255``) and
+        ``Normalize`` (``(x − mean) / std``, float32) — so the result equals the stacked items.
+        """
+        resize = T.Compose(self.test_resize()) if self.test_resize() else None
+        mean = torch.as_tensor(self.mean, dtype=torch.float32)[:, None, None]
+        std = torch.as_tensor(self.std, dtype=torch.float32)[:, None, None]
+        n, size = len(images), self.image_size
+        out = torch.empty(n, images.shape[-1], size, size, dtype=torch.float32)
+        for start in range(0, n, chunk):
+            block = images[start : start + chunk]
+            if resize is not None:
+                block = np.stack([np.asarray(resize(Image.fromarray(im))) for im in block])
+            pixels = torch.from_numpy(block).permute(0, 3, 1, 2).float().div(255)
+            out[start : start + len(block)] = pixels.sub_(mean).div_(std)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ that splits can be stratified without loading images.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -52,9 +52,19 @@ class ImageSource(ABC):
         """Integer labels of ``part`` in dataset order, shape ``(n,)``, dtype int64."""
 
     def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(x, y)`` of ``part`` as ready-to-use tensors (the items of :meth:`dataset`, stacked)
-        when the data sits in memory and needs no per-sample transform, else ``None``. Loaders
-        then slice batches out of them instead of collating samples (SPEC §7, #10)."""
+        """``(x, y)`` of ``part`` as tensors when the data sits in memory and needs no per-sample
+        transform, else ``None``. Loaders then slice batches out of them instead of collating
+        samples (SPEC §7, #10).
+
+        The rows of ``x`` are the items of :meth:`dataset` stacked (ready to use), except with
+        ``augment=True`` when :meth:`batch_augment` returns a transform: then ``x`` holds the
+        stored images and a batch is ``batch_augment()(x[idx])``."""
+        return None
+
+    def batch_augment(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The train augmentation applied to each whole batch of ``in_memory(part, True)``'s
+        images (e.g. :class:`~datamodules.batch_augment.BatchAugment`), or ``None`` when those
+        rows are ready to use (no augmentation, or a per-sample one served by a DataLoader)."""
         return None
 
     def _check_labels(self, labels: np.ndarray, key: str = "dataset.num_classes") -> None:
@@ -185,6 +195,9 @@ class NoisyLabels(ImageSource):
         if tensors is None or part != "train":
             return tensors
         return tensors[0], torch.from_numpy(self.noisy_targets).to(torch.int64)
+
+    def batch_augment(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.base.batch_augment()  # only labels change: the images are the base's
 
 
 #: keys of a ``dataset`` config that are handled here, not by the source's constructor.

@@ -8,7 +8,9 @@ UGradSL iterates over F), walk the sets one after another (``passes``: SCRUB's F
 pass) or receive sample ids (``with_ids``: RL's per-sample labels); see
 :meth:`unlearning.methods.base.UnlearningMethod.epoch_schedule`. Evaluation loaders use the test
 transforms on R and F (000 eq. 10). In-memory data is served a whole batch per fetch
-(:mod:`datamodules.loaders`).
+(:mod:`datamodules.loaders`), with the source's batched train augmentation if it has one; when
+the trainer runs on a GPU those tensors are moved there once (``data_device``), so batches are
+indexed and augmented on the GPU (issue #10).
 """
 
 from __future__ import annotations
@@ -25,6 +27,25 @@ from datamodules.loaders import ChainedPasses, TensorBatches, WithSampleIds, kee
 from datamodules.sources import ImageSource
 
 SET_NAMES = ("train", "retain", "forget", "test")
+CPU = torch.device("cpu")
+
+
+def resolve_data_device(
+    setting: str, trainer_device: torch.device | None, in_memory: bool
+) -> torch.device:
+    """Where a loader's in-memory tensors live.
+
+    ``setting="auto"``: the trainer's device when it is a CUDA device (``None`` = no trainer),
+    else the CPU; ``"cpu"`` or another device name (``"cuda:1"``): that device. Data that is not
+    in memory (per-sample fetches through DataLoader workers) always stays on the CPU.
+    """
+    if not in_memory:
+        return CPU
+    if setting == "auto":
+        if trainer_device is not None and torch.device(trainer_device).type == "cuda":
+            return torch.device(trainer_device)
+        return CPU
+    return torch.device(setting)
 
 
 class UnlearningDataModule(L.LightningDataModule):
@@ -53,6 +74,10 @@ class UnlearningDataModule(L.LightningDataModule):
         in_memory: fetch whole batches from in-memory tensors when the source has them
             (:class:`~datamodules.loaders.TensorBatches`: the same batches as per-sample
             fetches, faster); ``False`` forces per-sample fetches.
+        data_device: where in-memory tensors live (:func:`resolve_data_device`): ``"auto"``
+            moves them once to the trainer's device when it is a GPU, so batches are indexed and
+            augmented there (``num_workers`` is then 0: workers cannot share CUDA tensors, and
+            nothing is pinned); on a CPU trainer, or without a trainer, nothing changes.
     """
 
     def __init__(
@@ -69,8 +94,17 @@ class UnlearningDataModule(L.LightningDataModule):
         passes: Callable[[int], Sequence[str] | None] | None = None,
         with_ids: Sequence[str] = (),
         in_memory: bool = True,
+        data_device: str = "auto",
     ) -> None:
         super().__init__()
+        if data_device != "auto":
+            try:
+                torch.device(data_device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(
+                    f"data_device={data_device!r}: use 'auto', 'cpu' or a device such as "
+                    f"'cuda:0' ({exc})"
+                ) from None
         unknown = (set(train_sets) | set(with_ids) | {driver or "train"}) - set(SET_NAMES)
         if unknown:
             raise ValueError(f"unknown train set(s) {sorted(unknown)}; use {SET_NAMES}")
@@ -81,6 +115,8 @@ class UnlearningDataModule(L.LightningDataModule):
         self.augment, self.num_workers = augment, num_workers
         self.driver, self.passes, self.with_ids = driver, passes, tuple(with_ids)
         self.use_in_memory = in_memory
+        self.data_device = data_device
+        self._on_device: dict[tuple[str, bool, torch.device], tuple[torch.Tensor, ...]] = {}
         n = len(source.targets("train"))
         forget = np.zeros(n, dtype=bool)
         if forget_indices is not None:
@@ -130,12 +166,16 @@ class UnlearningDataModule(L.LightningDataModule):
             positions = np.asarray(positions, dtype=np.int64)
             rows = positions if rows is None else rows[positions]
         tensors = self.source.in_memory(part, augment) if self.use_in_memory else None
+        device = self.device_for(tensors is not None)
+        num_workers = self.num_workers if device.type == "cpu" else 0
         if tensors is not None:
-            x, y = tensors
+            x, y = self._tensors_on(part, augment, tensors, device)
             ids = torch.arange(len(y)) if rows is None else torch.from_numpy(rows)
-            if rows is not None:
-                x, y = x[ids], y[ids]
-            data: Dataset = TensorBatches(x, y, ids if with_ids else None)
+            ids = ids.to(device)
+            if rows is not None and not np.array_equal(rows, np.arange(len(y))):
+                x, y = x[ids], y[ids]  # a subset (S itself needs no copy)
+            transform = self.source.batch_augment() if augment else None
+            data: Dataset = TensorBatches(x, y, ids if with_ids else None, transform)
             collate = keep_batch
         else:
             data, collate = self._subset(name, augment, rows), None
@@ -145,10 +185,27 @@ class UnlearningDataModule(L.LightningDataModule):
             data,
             batch_size=batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0 and shuffle,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0 and shuffle,
             collate_fn=collate,
         )
+
+    def device_for(self, in_memory: bool) -> torch.device:
+        """The device of a loader's tensors: :func:`resolve_data_device` with the attached
+        trainer's root device (CPU when no trainer is attached, e.g. for evaluation loops)."""
+        trainer_device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return resolve_data_device(self.data_device, trainer_device, in_memory)
+
+    def _tensors_on(
+        self, part: str, augment: bool, tensors: tuple[torch.Tensor, ...], device: torch.device
+    ) -> tuple[torch.Tensor, ...]:
+        """``tensors`` on ``device``, copied there once per datamodule (CPU: as they are)."""
+        if device.type == "cpu":
+            return tensors
+        key = (part, augment, device)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(device) for t in tensors)
+        return self._on_device[key]
 
     def train_dataloader(self) -> Iterable:
         loaders = {
