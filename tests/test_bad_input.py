@@ -221,3 +221,31 @@ def test_the_catalogue_and_the_tests_list_the_same_cases():
     assert len(documented) >= 25
     special_tests = {name[len("test_") :].replace("_", "-") for name in globals()}
     assert SPECIAL <= special_tests, SPECIAL - special_tests
+
+
+SPECIAL.add("augment-impl-unknown")
+
+
+def test_augment_impl_unknown(tmp_path):
+    """A misspelt ``dataset.augment_impl`` stops the run before any work (no data needed)."""
+    overrides = ["dataset=cifar10", "model=resnet18", "dataset.augment_impl=fast"]
+    with pytest.raises(DataConfigError) as info:
+        run(make_config(overrides, tmp_path / "run", tmp_path / "cache"))
+    _expect(info.value, "dataset.augment_impl", "choose one of ['batched', 'per_sample']")
+    assert "'fast'" in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+# `eval_batch_size` (issue #10): a positive integer or auto; one test over several bad values
+SPECIAL.add("eval-batch-size")
+
+
+@pytest.mark.parametrize("bad", ["0", "-8", "2.5", "big", "true"])
+def test_eval_batch_size(tmp_path, bad):
+    cfg = make_config([f"eval_batch_size={bad}"], tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(USER_ERRORS) as info:
+        run(cfg)
+    _expect(info.value, "eval_batch_size", "positive integer or auto")
+    assert f"eval_batch_size={cfg.eval_batch_size!r}" in str(info.value), "names the value"
+    assert "eval_batch_size=1024" in str(info.value), "shows the fix"
+    assert not (tmp_path / "cache").exists(), "nothing may be computed before the check"

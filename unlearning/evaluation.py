@@ -9,6 +9,10 @@ written into the output directory, from where the pipeline hands them to the log
 
 The metric families live in :mod:`unlearning.metrics` and take models and tensors only; the
 ensembles KLoM needs (N oracles, N unlearned models) are built here from the job's config.
+
+Each model is forwarded over each set once per job: the pipeline creates one
+:class:`OutputStore`, reads the accuracies from it and hands it to :func:`run_evaluations`
+(issue #10, docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 
 from unlearning.errors import ConfigError
 from unlearning.metrics import entanglement as ent
+from unlearning.metrics.accuracy import accuracy, logits_accuracy
 from unlearning.metrics.features import Outputs, model_outputs, tsne_2d
 from unlearning.metrics.hessian import top_hessian_eigenvalue
 from unlearning.metrics.klom import klom, margins
@@ -144,20 +149,86 @@ def _prefix(model: str) -> str:
     return "" if model == "unlearned" else f"{model}/"
 
 
-class _Data:
-    """Lazily computed, memoised outputs and tensors of the job's models on R, F and D_test."""
+#: the job's three models, as :func:`run_evaluations` receives them
+MODELS = ("original", "oracle", "unlearned")
 
-    def __init__(self, models: dict[str, nn.Module], data: Any) -> None:
-        self.models, self.data = models, data
+
+def output_needs(cfg: DictConfig) -> dict[tuple[str, str], bool]:
+    """The (model, set) outputs the enabled families of ``cfg.eval`` read, each mapped to
+    whether they read its embeddings: MIA the logits of every model on every set, entanglement
+    and the feature plots the embeddings of f_A and f_U on R and F, KLoM the logits of f_U.
+    Landscape and Hessian read samples of the data (:meth:`OutputStore.sample`), not outputs.
+    Keep in step with the families below: a pair missing here is still computed when asked
+    for, but then forwarded a second time after the accuracies."""
+    ev = cfg.get("eval")
+    needs: dict[tuple[str, str], bool] = {}
+
+    def on(name: str) -> bool:
+        return ev is not None and ev.get(name) is not None and bool(ev[name].enabled)
+
+    def add(models: tuple[str, ...], sets: tuple[str, ...], embeddings: bool) -> None:
+        for key in ((m, s) for m in models for s in sets):
+            needs[key] = needs.get(key, False) or embeddings
+
+    if on("mia"):
+        add(MODELS, EVAL_SETS, False)
+    if on("entanglement") or on("features"):
+        add(("original", "unlearned"), ("retain", "forget"), True)
+    if on("klom"):
+        add(("unlearned",), EVAL_SETS, False)
+    return needs
+
+
+class OutputStore:
+    """The job's models on R, F and D_test, each (model, set) pair forwarded once.
+
+    The pipeline creates one store per job and reads the accuracies from it (:meth:`accuracy`)
+    before :func:`run_evaluations` reads the outputs (:meth:`outputs`). Pairs listed in
+    ``needs`` (:func:`output_needs`) keep their :class:`Outputs` in memory, with embeddings
+    where the value is true, from the first pass until the store is dropped; the accuracy of
+    any other pair is streamed (:func:`~unlearning.metrics.accuracy.accuracy`) and nothing of
+    it is kept. ``needs=None`` keeps every pair that is asked for.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, nn.Module],
+        data: Any,
+        num_classes: int | None = None,
+        needs: dict[tuple[str, str], bool] | None = None,
+    ) -> None:
+        self.models, self.data, self.num_classes, self.needs = models, data, num_classes, needs
         self._outputs: dict[tuple[str, str], Outputs] = {}
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def outputs(self, model: str, set_name: str) -> Outputs:
+    def _kept(self, key: tuple[str, str]) -> bool:
+        return self.needs is None or key in self.needs
+
+    def outputs(self, model: str, set_name: str, embeddings: bool = False) -> Outputs:
+        """``model``'s outputs on ``set_name`` (with embeddings if asked), memoised."""
         key = (model, set_name)
-        if key not in self._outputs:
+        held = self._outputs.get(key)
+        if held is None or (embeddings and held.embeddings is None):
+            if held is not None:
+                log.warning("[eval] %s on %s: forwarded again for its embeddings", *key)
+            with_embeddings = embeddings or bool(self.needs and self.needs.get(key))
             loader = self.data.eval_dataloader(set_name)
-            self._outputs[key] = model_outputs(self.models[model], loader)
-        return self._outputs[key]
+            held = model_outputs(self.models[model], loader, embeddings=with_embeddings)
+            self._outputs[key] = held
+        return held
+
+    def accuracy(self, model: str, set_name: str) -> float:
+        """Top-1 accuracy of ``model`` on ``set_name`` (torchmetrics ``MulticlassAccuracy``,
+        micro average; ``nan`` for an empty set), from the memoised outputs where the suite
+        needs them, else in one streamed pass."""
+        if self.num_classes is None:
+            raise ValueError("OutputStore.accuracy needs num_classes")
+        key = (model, set_name)
+        if key in self._outputs or self._kept(key):
+            out = self.outputs(model, set_name)
+            return logits_accuracy(out.logits, out.labels, self.num_classes)
+        loader = self.data.eval_dataloader(set_name)
+        return accuracy(self.models[model], loader, self.num_classes)
 
     def tensors(self, set_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if set_name not in self._tensors:
@@ -189,6 +260,7 @@ def run_evaluations(
     unlearn: Unlearn | None = None,
     cache: Any = None,
     klom_key: dict[str, Any] | None = None,
+    store: OutputStore | None = None,
 ) -> Evaluation:
     """Run every enabled evaluation of ``cfg.eval`` (SPEC §5) and return its metrics and notes.
 
@@ -201,12 +273,16 @@ def run_evaluations(
             accuracies, for Avg. Gap).
         unlearn, cache, klom_key: what KLoM needs to build its ensembles (the unlearning stage
             for another seed, the stage cache and the cache key of the oracle ensemble).
+        store: the job's :class:`OutputStore` (the pipeline's, which already holds the outputs
+            its accuracies were computed from); a new one over ``models`` and ``data`` if
+            ``None``.
     """
     result = Evaluation()
     ev = cfg.get("eval")
     if ev is None:
         return result
-    store = _Data(models, data)
+    if store is None:
+        store = OutputStore(models, data, needs=output_needs(cfg))
     runners: dict[str, Callable[[], None]] = {
         "mia": lambda: _mia(ev, store, metrics, result),
         "entanglement": lambda: _entanglement(ev, store, result),
@@ -230,7 +306,7 @@ def run_evaluations(
     return result
 
 
-def _mia(ev: DictConfig, store: _Data, metrics: dict[str, float], result: Evaluation) -> None:
+def _mia(ev: DictConfig, store: OutputStore, metrics: dict[str, float], result: Evaluation) -> None:
     """``mia``, ``mia_efficacy`` (and ``original/``, ``oracle/``), ``avg_gap`` (000 App. C.3,
     004 §5.1)."""
     for model in ("unlearned", "oracle", "original"):
@@ -265,13 +341,13 @@ def _mia(ev: DictConfig, store: _Data, metrics: dict[str, float], result: Evalua
         result.notes["avg_gap"] = "a term of Avg. Gap (UA, MIA-efficacy, RA, TA) is undefined"
 
 
-def _entanglement(ev: DictConfig, store: _Data, result: Evaluation) -> None:
+def _entanglement(ev: DictConfig, store: OutputStore, result: Evaluation) -> None:
     """``e_var_all|cls`` (rescaled), ``e_var_all|cls_raw``, ``e_wp_all|cls`` for the unlearned
     model and ``original/`` for f_A (000 eq. 11, App. C.3). The rescaling of E_Var to [0, 1]
     runs over the four raw values of both models."""
     raw: dict[str, float] = {}
     for model in ("original", "unlearned"):
-        r, f = store.outputs(model, "retain"), store.outputs(model, "forget")
+        r, f = store.outputs(model, "retain", True), store.outputs(model, "forget", True)
         raw.update(_model_entanglement(ev, _prefix(model), r, f, result))
     for key, value in ent.rescale(raw).items():
         result.metrics[key.removesuffix("_raw")] = value
@@ -322,7 +398,7 @@ def _model_entanglement(
     return raw
 
 
-def _landscape(ev: DictConfig, store: _Data, output_dir: Path, result: Evaluation) -> None:
+def _landscape(ev: DictConfig, store: OutputStore, output_dir: Path, result: Evaluation) -> None:
     """``basin_ratio/<set>`` and ``original/basin_ratio/<set>`` (000 §4.3); with ``plots`` the
     figures ``landscape_<set>.png`` (original and unlearned side by side)."""
     from unlearning.plots import plot_landscapes
@@ -346,7 +422,7 @@ def _landscape(ev: DictConfig, store: _Data, output_dir: Path, result: Evaluatio
             plot_landscapes(scapes, output_dir / f"landscape_{set_name}.png", set_name)
 
 
-def _hessian(ev: DictConfig, store: _Data, result: Evaluation) -> None:
+def _hessian(ev: DictConfig, store: OutputStore, result: Evaluation) -> None:
     """``hessian_top/<set>`` and ``original/hessian_top/<set>``: top Hessian eigenvalue."""
     node = ev.hessian
     for set_name in node.sets:
@@ -367,14 +443,14 @@ def _hessian(ev: DictConfig, store: _Data, result: Evaluation) -> None:
                 )
 
 
-def _features(ev: DictConfig, store: _Data, output_dir: Path, result: Evaluation) -> None:
+def _features(ev: DictConfig, store: OutputStore, output_dir: Path, result: Evaluation) -> None:
     """``features.png``: t-SNE of R and F embeddings before and after unlearning (000 Fig. 1)."""
     from unlearning.plots import plot_features
 
     panels = {}
     rng = np.random.default_rng(ev.seed)
     for model in ("original", "unlearned"):
-        r, f = store.outputs(model, "retain"), store.outputs(model, "forget")
+        r, f = store.outputs(model, "retain", True), store.outputs(model, "forget", True)
         keep = np.sort(rng.choice(len(r), min(len(r), ev.features.max_samples), replace=False))
         er, ef = r.normalized_embeddings()[keep], f.normalized_embeddings()
         try:
@@ -398,7 +474,7 @@ def _features(ev: DictConfig, store: _Data, output_dir: Path, result: Evaluation
 
 def _klom(
     cfg: DictConfig,
-    store: _Data,
+    store: OutputStore,
     unlearn: Unlearn | None,
     cache: Any,
     klom_key: dict[str, Any] | None,
@@ -459,7 +535,7 @@ def _train_config(cfg: DictConfig):
 
 
 def oracle_margins(
-    cfg: DictConfig, store: _Data, cache: Any, klom_key: dict[str, Any]
+    cfg: DictConfig, store: OutputStore, cache: Any, klom_key: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """``(N, |set|)`` margins of N oracles (the oracle recipe on R with N seeds) on R, F and
     D_test, trained as one vectorised ensemble by the memorization trainer and cached as the
@@ -500,7 +576,9 @@ def oracle_margins(
         return {s: saved[s] for s in EVAL_SETS}
 
 
-def unlearned_margins(cfg: DictConfig, store: _Data, unlearn: Unlearn) -> dict[str, np.ndarray]:
+def unlearned_margins(
+    cfg: DictConfig, store: OutputStore, unlearn: Unlearn
+) -> dict[str, np.ndarray]:
     """``(N, |set|)`` margins of N unlearned models: the job's own (run ``seed``) and N − 1 more
     runs of the unlearning stage from the same f_A with seeds ``seed + 1 … seed + N − 1``."""
     n = int(cfg.eval.klom.models)
@@ -508,7 +586,7 @@ def unlearned_margins(cfg: DictConfig, store: _Data, unlearn: Unlearn) -> dict[s
 
     def add(model: nn.Module) -> None:
         for s in EVAL_SETS:
-            out = model_outputs(model, store.data.eval_dataloader(s))
+            out = model_outputs(model, store.data.eval_dataloader(s), embeddings=False)
             rows[s].append(margins(out.logits, out.labels))
 
     for s in EVAL_SETS:

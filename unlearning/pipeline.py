@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,10 +24,10 @@ from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning import distributed, faults, stages
+from unlearning.batch_fit import AUTO, largest_batch
 from unlearning.cache import StageCache
 from unlearning.errors import unwrap_user_error
-from unlearning.evaluation import run_evaluations
-from unlearning.metrics.accuracy import accuracy
+from unlearning.evaluation import OutputStore, output_needs, run_evaluations
 from unlearning.metrics.tow import tug_of_war
 from unlearning.plots import plot_scores
 from unlearning.publish import publish
@@ -107,15 +108,41 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def evaluate(
-    models: dict[str, Any], data: UnlearningDataModule, num_classes: int
-) -> dict[str, float]:
-    """Accuracy of each model on R, F and D_test (test transforms), keyed ``<model>/acc_<set>``."""
-    return {
-        accuracy_key(name, s): accuracy(model, data.eval_dataloader(s), num_classes)
-        for name, model in models.items()
-        for s in SETS
-    }
+#: where the pipeline evaluates: :func:`stages.load_model` keeps every model on the CPU
+EVAL_DEVICE = torch.device("cpu")
+
+
+def resolve_eval_batch_size(
+    cfg: DictConfig,
+    source: ImageSource,
+    device: torch.device = EVAL_DEVICE,
+    probe: bool | None = None,
+) -> DictConfig:
+    """``cfg`` itself when ``eval_batch_size`` is an integer; for ``eval_batch_size=auto`` a copy
+    holding the largest batch of ``cfg.model``'s inference pass that fits on ``device``
+    (:func:`unlearning.batch_fit.largest_batch`: probed on CUDA, 1024 on the CPU; ``probe``
+    overrides that choice), so that every stage and the evaluation read one integer."""
+    if cfg.eval_batch_size != AUTO:
+        return cfg
+    with torch.random.fork_rng(devices=[]):  # building the probe model draws no job randomness
+        model = instantiate(cfg.model).to(device)
+    sample, _ = source.dataset("test", augment=False)[0]
+    n_train = len(source.targets("train"))
+    size = largest_batch(model, tuple(sample.shape), device, set_size=n_train, probe=probe)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the probe model's memory goes back to the stages
+    resolved = cfg.copy()
+    resolved.eval_batch_size = size
+    log.info("[eval] eval_batch_size=auto resolves to %d on %s", size, device)
+    return resolved
+
+
+def evaluate(store: OutputStore) -> dict[str, float]:
+    """Accuracy of each model of ``store`` on R, F and D_test (test transforms), keyed
+    ``<model>/acc_<set>``, read from the outputs the evaluation suite shares (one forward
+    pass per model and set in the whole job)."""
+    return {accuracy_key(name, s): store.accuracy(name, s) for name in store.models for s in SETS}
 
 
 def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
@@ -215,6 +242,7 @@ def unlearning_stage(
     art: Artefacts,
     loggers: list,
     out: Path,
+    key_cfg: DictConfig | None = None,
 ) -> Unlearned:
     """The unlearned model, its RTE in seconds and the status. ``retrain`` is served by the
     oracle stage; methods that split the model get their (cached) forget mask.
@@ -222,7 +250,9 @@ def unlearning_stage(
     The unlearned model is kept like a cache entry in the job's output directory,
     ``<out>/unlearn/<key>/`` (checkpoints in ``<key>.partial/`` while it runs): a rerun with the
     same output directory (``hydra.run.dir=...``) resumes an interrupted unlearning from its last
-    epoch, or reuses the finished model if the job died later (docs/pipeline.md)."""
+    epoch, or reuses the finished model if the job died later (docs/pipeline.md). The entry is
+    keyed by ``key_cfg`` (default ``cfg``): the job's config as written, where
+    ``eval_batch_size`` may still read ``auto`` while ``cfg`` holds the resolved integer."""
     if stages.is_from_scratch(cfg):
         log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
         return Unlearned(
@@ -238,7 +268,8 @@ def unlearning_stage(
             ),
         )
     log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
-    key = {k: v for k, v in _determining(cfg).items() if k not in NOT_UNLEARNING}
+    written = key_cfg if key_cfg is not None else cfg
+    key = {k: v for k, v in _determining(written).items() if k not in NOT_UNLEARNING}
     key["version"] = CACHE_VERSION
     entry = distributed.stage_cache(out).get_or_compute(
         "unlearn",
@@ -273,13 +304,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     """:func:`run` after the start-up checks, in every rank of a multi-process job; only rank 0
-    evaluates and writes outputs."""
+    evaluates and writes outputs.
+
+    ``cfg`` is the config as written (``results.json`` records it, so that a rerun recognises
+    the job); the stages and the evaluation get ``job``, the same config with
+    ``eval_batch_size`` resolved to an integer (:func:`resolve_eval_batch_size`)."""
+    job = resolve_eval_batch_size(cfg, source)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = distributed.stage_cache(cfg.paths.cache_dir)
-    art = cached_stages(cfg, source, cache)
+    art = cached_stages(job, source, cache)
     loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
-    outcome = unlearning_stage(cfg, source, cache, art, loggers, output_dir)
+    outcome = unlearning_stage(job, source, cache, art, loggers, output_dir, key_cfg=cfg)
     unlearned, rte_s, status = outcome.net, outcome.rte_s, outcome.status
     distributed.end_collectives()  # training is over: rank 0 evaluates and writes alone
     if not distributed.is_rank_zero():
@@ -289,16 +325,18 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     data = UnlearningDataModule(
         source,
         art.forget_indices,
-        eval_batch_size=cfg.eval_batch_size,
+        eval_batch_size=job.eval_batch_size,
         num_workers=cfg.num_workers,
         test_indices=art.test_indices,
     )
     models = {
-        "original": stages.load_model(cfg, art.pretrained),
-        "oracle": stages.load_model(cfg, art.oracle),
+        "original": stages.load_model(job, art.pretrained),
+        "oracle": stages.load_model(job, art.oracle),
         "unlearned": unlearned,
     }
-    metrics: dict[str, float] = evaluate(models, data, source.num_classes)
+    # one store per job: the accuracies and the evaluation suite read the same forward passes
+    store = OutputStore(models, data, source.num_classes, needs=output_needs(job))
+    metrics: dict[str, float] = evaluate(store)
     metrics.update(derived_metrics(metrics, rte_s))
     metrics["split/n_forget"] = float(data.set_size("forget"))
     metrics["split/n_retain"] = float(data.set_size("retain"))
@@ -306,15 +344,17 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
     evaluation = run_evaluations(
-        cfg,
+        job,
         models,
         data,
         output_dir,
         metrics,
         unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
         cache=cache,
-        klom_key=stage_configs(cfg)["klom_oracles"],
+        klom_key=stage_configs(job)["klom_oracles"],
+        store=store,
     )
+    del store  # the outputs are no longer needed
     metrics.update(evaluation.metrics)
 
     publish(loggers, metrics, status, sorted(output_dir.glob("*.png")))

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.batch_fit import AUTO
 from unlearning.cache import StageCache
 from unlearning.distributed import check_trainer
 from unlearning.errors import ConfigError
@@ -173,6 +174,21 @@ def _check_speed_settings(cfg: DictConfig) -> None:
         )
 
 
+def _check_eval_batch_size(cfg: DictConfig) -> None:
+    """``eval_batch_size`` is a positive integer or ``auto`` (the largest batch that fits,
+    :mod:`unlearning.batch_fit`)."""
+    value = cfg.get("eval_batch_size")
+    if value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "eval_batch_size",
+            value,
+            f"must be a positive integer or {AUTO}, e.g. eval_batch_size=1024, or "
+            f"eval_batch_size={AUTO} for the largest batch that fits the GPU",
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid value of ``cfg``."""
     _check_training(cfg)
@@ -181,6 +197,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_memorization(cfg)
     _check_model_and_device(cfg)
     _check_speed_settings(cfg)
+    _check_eval_batch_size(cfg)
     check_trainer(cfg)  # ddp presets: devices, GPUs, nodes, batch divisible by W
     check_eval_config(cfg)
     _check_method_arguments(cfg)

@@ -219,7 +219,7 @@ def test_klom_is_zero_for_identical_ensembles_served_from_the_cache(config, tmp_
 
 
 def test_oracle_ensemble_is_the_same_trained_vectorised_or_sequentially(config, tmp_path):
-    from unlearning.evaluation import _Data, oracle_margins
+    from unlearning.evaluation import OutputStore, oracle_margins
 
     margins = {}
     for strategy in ("vmap", "sequential"):
@@ -227,7 +227,7 @@ def test_oracle_ensemble_is_the_same_trained_vectorised_or_sequentially(config, 
             *SMALL, "eval.klom.models=3", f"eval.klom.strategy={strategy}", "pretrain.epochs=2"
         )
         cache = StageCache(tmp_path / strategy)
-        margins[strategy] = oracle_margins(cfg, _Data(_models(), TinyData()), cache, {"k": 1})
+        margins[strategy] = oracle_margins(cfg, OutputStore(_models(), TinyData()), cache, {"k": 1})
     for s in ("retain", "forget", "test"):
         assert margins["vmap"][s].shape == (3, len(TinyData().sets[s][1]))
         np.testing.assert_allclose(margins["vmap"][s], margins["sequential"][s], atol=1e-5)

@@ -1,4 +1,6 @@
-"""Top-1 accuracy of a model on a loader, with torchmetrics (SPEC §5)."""
+"""Top-1 accuracy with torchmetrics (SPEC §5): of a model on a loader (:func:`accuracy`, one
+streamed pass) or of logits already computed (:func:`logits_accuracy`, what the pipeline reads
+from the outputs the evaluation suite shares, so that each model sees each set once)."""
 
 from __future__ import annotations
 
@@ -25,3 +27,15 @@ def accuracy(model: nn.Module, loader: DataLoader, num_classes: int) -> float:
             metric.update(model(x.to(device)), y.to(device))
             seen += len(y)
     return float(metric.compute()) if seen else float("nan")
+
+
+@torch.inference_mode()
+def logits_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """:func:`accuracy` of stored ``(n, classes)`` logits against ``(n,)`` labels: the same
+    torchmetrics micro average (arg-max logit = label), so the same number as a pass of the
+    model that produced them; ``nan`` for ``n = 0``."""
+    if len(labels) == 0:
+        return float("nan")
+    metric = MulticlassAccuracy(num_classes=num_classes, average="micro").to(logits.device)
+    metric.update(logits, labels.to(logits.device))
+    return float(metric.compute())

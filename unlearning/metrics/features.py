@@ -1,13 +1,16 @@
 """What a model outputs on a set: logits, L2-normalised penultimate embeddings and labels, and the
 2-D t-SNE projection used for the feature plots of 000 Fig. 1.
 
-Every evaluation family (MIA, entanglement, KLoM, feature plots) reads a model through
-:func:`model_outputs`, which relies only on the backbone contract of :mod:`unlearning.models`:
-``embed(x)`` gives the penultimate features.
+The job's accuracies and every evaluation family (MIA, entanglement, KLoM, feature plots) read a
+model through :func:`model_outputs`, which relies only on the backbone contract of
+:mod:`unlearning.models`: ``embed(x)`` gives the penultimate features, ``head`` maps them to the
+logits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +26,7 @@ class Outputs:
     """A model's eval-mode outputs on one set, as CPU tensors, in loader order."""
 
     logits: torch.Tensor  # (n, classes)
-    embeddings: torch.Tensor  # (n, d), raw penultimate features
+    embeddings: torch.Tensor | None  # (n, d), raw penultimate features; None if not computed
     labels: torch.Tensor  # (n,)
 
     def __len__(self) -> int:
@@ -31,27 +34,60 @@ class Outputs:
 
     def normalized_embeddings(self) -> np.ndarray:
         """Embeddings scaled to unit L2 norm (000 App. C.3), float64 numpy."""
+        if self.embeddings is None:
+            raise RuntimeError("these outputs were computed without embeddings (embeddings=False)")
         e = self.embeddings.double()
         return (e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
+@contextmanager
+def _head_inputs(model: nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, the inputs of every ``model.head`` call are appended to the yielded
+    list (a forward pre-hook; removed on exit). Nothing is recorded for a model without a
+    ``head`` module or when ``enabled`` is false."""
+    seen: list[torch.Tensor] = []
+    head = getattr(model, "head", None)
+    if not enabled or not isinstance(head, nn.Module):
+        yield seen
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 @torch.inference_mode()
-def model_outputs(model: nn.Module, loader: DataLoader) -> Outputs:
-    """Logits ``model(x)``, embeddings ``model.embed(x)`` and labels of every sample of
-    ``loader``, with the model in eval mode (restored afterwards). The logits come from
-    ``forward`` (not ``head(embed(x))``) so that backbones with a fixed second layer, such as the
-    two-layer CNN of 000 eq. 1, are read correctly."""
-    with eval_mode(model):
+def model_outputs(model: nn.Module, loader: DataLoader, embeddings: bool = True) -> Outputs:
+    """Logits ``model(x)``, embeddings ``model.embed(x)`` (with ``embeddings``) and labels of
+    every sample of ``loader``, with the model in eval mode (restored afterwards).
+
+    One forward pass per batch: the logits come from ``forward`` (not ``head(embed(x))``) so
+    that backbones with a fixed second layer, such as the two-layer CNN of 000 eq. 1, are read
+    correctly, and the embeddings are the input of ``model.head`` during that same pass (a
+    forward pre-hook), which for a :class:`~unlearning.models.Backbone` is ``embed(x)``. Only a
+    model whose forward does not call its head exactly once (the two-layer CNN) gets a second
+    ``model.embed(x)`` call."""
+    with eval_mode(model), _head_inputs(model, embeddings) as seen:
         device = next(model.parameters()).device
-        logits, embeddings, labels = [], [], []
+        logits, embeds, labels = [], [], []
         for x, y in loader:
             x = x.to(device)
-            embeddings.append(model.embed(x).float().cpu())
+            seen.clear()
             logits.append(model(x).float().cpu())
+            if embeddings:
+                fused = len(seen) == 1 and seen[0].shape[0] == len(x)
+                embeds.append((seen[0] if fused else model.embed(x)).float().cpu())
             labels.append(y.cpu())
+        seen.clear()
     if not labels:
-        return Outputs(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
-    return Outputs(torch.cat(logits), torch.cat(embeddings), torch.cat(labels).long())
+        empty = torch.zeros(0, 0)
+        return Outputs(empty, empty if embeddings else None, torch.zeros(0, dtype=torch.long))
+    return Outputs(
+        torch.cat(logits),
+        torch.cat(embeds) if embeddings else None,
+        torch.cat(labels).long(),
+    )
 
 
 def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
