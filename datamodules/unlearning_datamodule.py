@@ -23,7 +23,13 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.loaders import ChainedPasses, TensorBatches, WithSampleIds, keep_batch
+from datamodules.loaders import (
+    ChainedPasses,
+    DirectBatches,
+    TensorBatches,
+    WithSampleIds,
+    keep_batch,
+)
 from datamodules.sources import ImageSource
 
 SET_NAMES = ("train", "retain", "forget", "test")
@@ -208,17 +214,24 @@ class UnlearningDataModule(L.LightningDataModule):
         return self._on_device[key]
 
     def train_dataloader(self) -> Iterable:
-        loaders = {
-            name: self.loader(
-                name, self.batch_size, True, self.augment, with_ids=name in self.with_ids
-            )
-            for name in self.train_sets
-        }
+        loaders = {name: self._train_loader(name) for name in self.train_sets}
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         chained = self.passes(epoch) if self.passes is not None else None
         if chained is not None:
             return ChainedPasses(loaders, chained)
         return CombinedLoader(loaders, mode=self._joint_mode(loaders))
+
+    def _train_loader(self, name: str) -> Iterable:
+        """Shuffled training batches of set ``name``: in one process without workers, in-memory
+        tensors are served by :class:`~datamodules.loaders.DirectBatches` (the DataLoader's
+        batches and RNG draws without its per-batch overhead), else by the ``DataLoader``."""
+        loader = self.loader(
+            name, self.batch_size, True, self.augment, with_ids=name in self.with_ids
+        )
+        single = self.trainer is None or self.trainer.world_size == 1
+        if single and loader.num_workers == 0 and isinstance(loader.dataset, TensorBatches):
+            return DirectBatches(loader.dataset, self.batch_size, shuffle=True)
+        return loader
 
     def _joint_mode(self, loaders: dict[str, Iterable]) -> str:
         """``max_size_cycle`` when the driver is the longest set, ``min_size`` when it is the
