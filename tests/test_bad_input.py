@@ -61,6 +61,7 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
         "divergence.max_abs_loss",
         "positive",
     ),
+    "divergence-lag": (["divergence.lag=-1"], "divergence.lag", "integer >= 0"),
     "forget-size-zero": (["split.size=0"], "split.size", "between 1 and 1437"),
     "forget-size-too-large": (["split.size=2000"], "split.size", "between 1 and 1437"),
     "test-fraction-range": (["dataset.test_fraction=1.5"], "dataset.test_fraction", "(0, 1)"),

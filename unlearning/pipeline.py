@@ -47,6 +47,7 @@ NON_DETERMINING = {
     "log_every_n_steps",
     "default_root_dir",
     "_partial_",
+    "lag",  # divergence.lag: when the guard reads the loss, not what it decides
 }
 
 

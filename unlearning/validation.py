@@ -142,6 +142,11 @@ def _check_reliability(cfg: DictConfig) -> None:
     creating anything, so that a read-only or mistyped cache fails now, not after training)."""
     if OmegaConf.select(cfg, "divergence.max_abs_loss") is not None:
         _positive(cfg, "divergence.max_abs_loss")
+    lag = OmegaConf.select(cfg, "divergence.lag")
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
+        raise ConfigError(
+            "divergence.lag", lag, "must be null (1 on CUDA, 0 on the CPU) or an integer >= 0"
+        )
     StageCache(cfg.paths.cache_dir).check_writable()
 
 
