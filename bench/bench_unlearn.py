@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_unlearn.py            # 8 epochs × 4 repeats
+    python bench/bench_unlearn.py            # 8 epochs × 7 repeats
     python bench/bench_unlearn.py --quick    # 4 epochs × 3 repeats
 
 Setting: the embedded default (``python train.py``: digits, ``SmallCNN``, NegGrad with the tuned
@@ -12,8 +12,6 @@ f_A. Per repeat, in alternating order:
 * ``framework``      ``unlearning.stages.unlearn`` as a job runs it: Lightning ``Trainer``,
   ``UnlearningDataModule`` joint batches (``CombinedLoader``), the CSV logger, per-epoch
   checkpoints with RNG states, the divergence guard, the timer; model load and save included;
-* ``framework_unlogged`` (diagnostic) ``framework`` with methods' per-step ``self.log`` calls
-  removed (:func:`without_step_logging`): what Lightning's logging costs a step;
 * ``lightning_bare`` (diagnostic) the same module and datamodule in a bare ``Trainer`` (no
   logger, no checkpoints, no callbacks): what Lightning itself costs, to locate the overhead;
 * ``hand``           a plain PyTorch loop over the same in-memory tensors: per step B shuffled
@@ -29,14 +27,12 @@ images), so per-step overhead is as visible here as it gets.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import logging
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -48,7 +44,7 @@ from bench.common import Aim, Row, interleaved, paired_ratio
 from bench.job import DefaultJob, default_job
 
 AIM = Aim("<=", 1.10)
-PLAN = {"full": (8, 4), "quick": (4, 3), "smoke": (1, 1)}  # epochs, repeats
+PLAN = {"full": (8, 7), "quick": (4, 3), "smoke": (1, 1)}  # epochs, repeats
 
 
 def framework(job: DefaultJob, epochs: int, run: int) -> float:
@@ -66,30 +62,6 @@ def framework(job: DefaultJob, epochs: int, run: int) -> float:
     t0 = time.perf_counter()
     stages.unlearn(cfg, job.source, job.forget, job.pretrained, loggers, out)
     return time.perf_counter() - t0
-
-
-@contextlib.contextmanager
-def without_step_logging() -> Iterator[None]:
-    """Diagnostic: methods' ``training_step`` returns the loss without its three ``self.log``
-    calls (``train/loss`` and the parts), to measure what Lightning's logging costs a step."""
-    from unlearning.methods.base import UnlearningMethod
-
-    original = UnlearningMethod.training_step
-
-    def quiet(self: UnlearningMethod, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.loss(batch)[0]
-
-    UnlearningMethod.training_step = quiet
-    try:
-        yield
-    finally:
-        UnlearningMethod.training_step = original
-
-
-def framework_unlogged(job: DefaultJob, epochs: int, run: int) -> float:
-    """:func:`framework` with :func:`without_step_logging`."""
-    with without_step_logging():
-        return framework(job, epochs, run)
 
 
 def lightning_bare(job: DefaultJob, epochs: int) -> float:
@@ -166,7 +138,6 @@ def rows(size: str = "full", work: Path | None = None) -> list[Row]:
         runs = itertools.count()
         variants = {
             "framework": lambda: framework(job, epochs, next(runs)),
-            "framework_unlogged": lambda: framework_unlogged(job, epochs, next(runs)),
             "lightning_bare": lambda: lightning_bare(job, epochs),
             "hand": lambda: hand(job, epochs),
         }
@@ -177,10 +148,8 @@ def rows(size: str = "full", work: Path | None = None) -> list[Row]:
     per_epoch = {f"{k}_ms_per_epoch": 1e3 * min(v) / epochs for k, v in seconds.items()}
     note = f"digits NegGrad, {_steps(job)} steps/epoch, {epochs} epochs × {repeats} repeats"
     if "lightning_bare" in seconds:
-        unlogged = paired_ratio(seconds, "framework_unlogged", "hand")
         note += (
-            f"; without the 3 per-step `self.log` calls {unlogged:.2f}"
-            f"; bare Trainer (no logger, checkpoints, callbacks) "
+            f"; the same module and data in a bare Trainer (no logger, checkpoints, callbacks) "
             f"{paired_ratio(seconds, 'lightning_bare', 'hand'):.2f}"
         )
     return [Row("2", "framework NegGrad epoch / hand-written loop", ratio, AIM, note, per_epoch)]
