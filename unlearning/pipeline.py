@@ -109,14 +109,21 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-#: where the pipeline evaluates: :func:`stages.load_model` keeps every model on the CPU
-EVAL_DEVICE = torch.device("cpu")
+def evaluation_device(cfg: DictConfig) -> torch.device:
+    """Where the job evaluates its models: the trainer's GPU (``trainer.accelerator`` ``gpu`` /
+    ``cuda``, or ``auto`` with a GPU visible; its first device), else the CPU. Training stages
+    hand their models back on the CPU (:func:`stages.load_model`); the evaluation moves them
+    there, and every metric moves its batches to the model's device."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def resolve_eval_batch_size(
     cfg: DictConfig,
     source: ImageSource,
-    device: torch.device = EVAL_DEVICE,
+    device: torch.device | None = None,
     probe: bool | None = None,
 ) -> DictConfig:
     """``cfg`` itself when ``eval_batch_size`` is an integer; for ``eval_batch_size=auto`` a copy
@@ -125,6 +132,7 @@ def resolve_eval_batch_size(
     overrides that choice), so that every stage and the evaluation read one integer."""
     if cfg.eval_batch_size != AUTO:
         return cfg
+    device = device if device is not None else evaluation_device(cfg)
     with torch.random.fork_rng(devices=[]):  # building the probe model draws no job randomness
         model = instantiate(cfg.model).to(device)
     sample, _ = source.dataset("test", augment=False)[0]
@@ -330,10 +338,11 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         num_workers=cfg.num_workers,
         test_indices=art.test_indices,
     )
+    device = evaluation_device(job)
     models = {
-        "original": stages.load_model(job, art.pretrained),
-        "oracle": stages.load_model(job, art.oracle),
-        "unlearned": unlearned,
+        "original": stages.load_model(job, art.pretrained).to(device),
+        "oracle": stages.load_model(job, art.oracle).to(device),
+        "unlearned": unlearned.to(device),
     }
     # one store per job: the accuracies and the evaluation suite read the same forward passes
     store = OutputStore(models, data, source.num_classes, needs=output_needs(job))

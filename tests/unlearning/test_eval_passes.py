@@ -186,3 +186,19 @@ def test_model_outputs_reads_embeddings_from_the_same_forward_pass(make, embeds_
     assert len(calls) == len(loader), "without embeddings: the forward pass alone"
     with pytest.raises(RuntimeError, match="without embeddings"):
         lean.normalized_embeddings()
+
+
+def test_the_evaluation_runs_on_the_trainers_device():
+    """CPU trainers evaluate on the CPU; a GPU accelerator means the GPU when one is visible
+    (this machine has none: then the CPU, and trainer=gpu is refused at start-up anyway)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from unlearning.pipeline import evaluation_device
+
+    cpu = OmegaConf.create({"trainer": {"accelerator": "cpu"}})
+    assert evaluation_device(cpu) == torch.device("cpu")
+    for accelerator in ("gpu", "cuda", "auto"):
+        cfg = OmegaConf.create({"trainer": {"accelerator": accelerator}})
+        expected = "cuda" if torch.cuda.is_available() else "cpu"
+        assert evaluation_device(cfg).type == expected
