@@ -32,10 +32,13 @@ class Ascent(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def _fit(lr: float, guard: DivergenceGuard, epochs: int = 3) -> tuple[Ascent, L.Trainer]:
+def _fit(
+    lr: float, guard: DivergenceGuard, epochs: int = 3, module: Ascent | None = None
+) -> tuple[Ascent, L.Trainer]:
+    """Fit ``module`` (default ``Ascent(lr)``) on 64 fixed samples, 8 steps an epoch."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=8)
-    module = Ascent(lr)
+    module = module if module is not None else Ascent(lr)
     trainer = L.Trainer(
         max_epochs=epochs,
         callbacks=[guard],
@@ -121,19 +124,8 @@ def test_a_divergence_in_the_last_step_of_an_epoch_is_judged_before_the_epoch_en
     epoch here): it is read then, so the checkpoint written at the epoch's end never holds
     unjudged weights and no step of the next epoch runs."""
     for lag in (0, 1):
-        torch.manual_seed(0)
-        data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=8)
-        module, guard = BlowsUpAt(at=8), DivergenceGuard(1e3, lag=lag)
-        trainer = L.Trainer(
-            max_epochs=3,
-            callbacks=[guard],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-        )
-        trainer.fit(module, data)
+        guard = DivergenceGuard(1e3, lag=lag)
+        module, trainer = _fit(1e-3, guard, module=BlowsUpAt(at=8))
         assert guard.diverged_at_step == 8 and "max_abs_loss" in guard.reason
         assert trainer.global_step == 8 and trainer.current_epoch == 1
         assert torch.equal(module.net.weight, module.seen[6])  # W_6: the last with a good loss
