@@ -146,7 +146,11 @@ def rows(size: str = "full", work: Path | None = None) -> list[Row]:
         seconds = interleaved(variants, repeats)
     ratio = paired_ratio(seconds, "framework", "hand")
     per_epoch = {f"{k}_ms_per_epoch": 1e3 * min(v) / epochs for k, v in seconds.items()}
-    note = f"digits NegGrad, {_steps(job)} steps/epoch, {epochs} epochs × {repeats} repeats"
+    best = min(seconds["framework"]) / min(seconds["hand"])
+    note = (
+        f"digits NegGrad, {_steps(job)} steps/epoch, {epochs} epochs × {repeats} repeats; "
+        f"best-repeat ratio {best:.2f}"
+    )
     if "lightning_bare" in seconds:
         note += (
             f"; the same module and data in a bare Trainer (no logger, checkpoints, callbacks) "

@@ -56,3 +56,19 @@ def test_interrupted_pretraining_resumes_to_the_uninterrupted_weights(
     a = torch.load(reference / stages.MODEL_FILE, weights_only=True)
     b = torch.load(resumed / stages.MODEL_FILE, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed training must match bit for bit"
+
+
+def test_the_latest_checkpoint_keeps_modelcheckpoints_state_key(tmp_path):
+    """The cached key is the one ModelCheckpoint computes (so a checkpoint's callback state is
+    found again on resume), and computing it once is what the cache is for."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from unlearning.resume import LatestCheckpoint
+
+    latest = LatestCheckpoint(tmp_path)
+    plain = ModelCheckpoint(
+        dirpath=tmp_path, filename="latest", save_top_k=1, enable_version_counter=False
+    )
+    assert latest.state_key == plain.state_key.replace("ModelCheckpoint", "LatestCheckpoint")
+    assert latest.state_key is latest.state_key  # one string, built once
+    assert latest.filename == "latest" and latest.save_top_k == 1

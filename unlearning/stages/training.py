@@ -25,7 +25,7 @@ from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.distributed import is_rank_zero, per_device_batch_size
 from unlearning.faults import FaultInjection
 from unlearning.methods.erm import ERM
-from unlearning.resume import resume_from
+from unlearning.resume import LatestCheckpoint, resume_from
 
 # Lightning's advice to add DataLoader workers does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -129,11 +129,7 @@ def train_from_scratch(
         num_workers=cfg.num_workers,
     )
     ckpt_dir = work_dir / "checkpoints"
-    # keeps only the newest epoch's checkpoint, overwritten every epoch (Lightning writes
-    # `last.ckpt` only alongside a top-k save, so an explicit "latest" file is used instead)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="latest", save_top_k=1, enable_version_counter=False
-    )
+    checkpoint = LatestCheckpoint(ckpt_dir)  # the newest epoch's checkpoint, for resume_from
     trainer = make_trainer(
         cfg,
         p.epochs,

@@ -11,7 +11,6 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
@@ -21,7 +20,7 @@ from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.distributed import is_rank_zero, per_device_batch_size
 from unlearning.faults import FaultInjection
-from unlearning.resume import ElapsedTime, resume_from
+from unlearning.resume import ElapsedTime, LatestCheckpoint, resume_from
 from unlearning.stages.mask import MASK_FILE
 from unlearning.stages.training import (
     MODEL_FILE,
@@ -79,9 +78,7 @@ def unlearn(
     timer = ElapsedTime()
     callbacks = [
         *callbacks,
-        ModelCheckpoint(
-            dirpath=ckpt_dir, filename="latest", save_top_k=1, enable_version_counter=False
-        ),
+        LatestCheckpoint(ckpt_dir),
         RNGStateCheckpoint(),
         timer,
         guard,  # after the sharpness callback: checks the finished step
