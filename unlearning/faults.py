@@ -40,3 +40,9 @@ class FaultInjection(Callback):
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         inject(self.stage, trainer.current_epoch)
+
+
+def fault_callbacks(stage: str) -> list[Callback]:
+    """``[FaultInjection(stage)]`` when ``$UNLEARNING_FAULT`` is set, else nothing: a Trainer
+    dispatches every hook to every callback, ~10 calls a step, so production runs go without."""
+    return [FaultInjection(stage)] if os.environ.get(ENV) else []

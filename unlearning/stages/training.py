@@ -23,7 +23,7 @@ from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.distributed import is_rank_zero, per_device_batch_size
-from unlearning.faults import FaultInjection
+from unlearning.faults import fault_callbacks
 from unlearning.methods.erm import ERM
 from unlearning.resume import LatestCheckpoint, resume_from
 
@@ -137,7 +137,7 @@ def train_from_scratch(
             checkpoint,
             RNGStateCheckpoint(),
             *sharpness_callbacks(p.optim),
-            FaultInjection(module.method_name),
+            *fault_callbacks(module.method_name),
         ],
         CSVLogger(work_dir, name="logs"),  # one version per attempt (resumes keep earlier logs)
         work_dir,

@@ -19,7 +19,7 @@ from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.distributed import is_rank_zero, per_device_batch_size
-from unlearning.faults import FaultInjection
+from unlearning.faults import fault_callbacks
 from unlearning.resume import ElapsedTime, LatestCheckpoint, resume_from
 from unlearning.stages.mask import MASK_FILE
 from unlearning.stages.training import (
@@ -82,7 +82,7 @@ def unlearn(
         RNGStateCheckpoint(),
         timer,
         guard,  # after the sharpness callback: checks the finished step
-        FaultInjection("unlearn"),
+        *fault_callbacks("unlearn"),
     ]
     trainer = make_trainer(
         cfg,
