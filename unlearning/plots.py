@@ -7,13 +7,29 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_scores(scores: np.ndarray, forget: np.ndarray, path: Path, split_name: str) -> Path:
-    """Histogram of the memorization scores of S with the chosen forget set F overlaid."""
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: the
+    figures are optional and matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` and close it (frees its memory); returns
+    ``path``."""
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
+def plot_scores(scores: np.ndarray, forget: np.ndarray, path: Path, split_name: str) -> Path:
+    """Histogram of the memorization scores of S with the chosen forget set F overlaid."""
+    plt = pyplot()
     finite = np.isfinite(scores)
     bins = np.linspace(min(-0.1, np.nanmin(scores)), max(1.0, np.nanmax(scores)), 41)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
@@ -30,26 +46,14 @@ def plot_scores(scores: np.ndarray, forget: np.ndarray, path: Path, split_name: 
     ax.set_ylabel("samples")
     ax.set_yscale("log")
     ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, path)
 
 
 def plot_landscapes(landscapes: dict, path: Path, set_name: str) -> Path:
     """Loss landscapes of several models side by side (000 Fig. 3): one column per model
     (e.g. original, unlearned), rows = 1-D curve, 2-D contour, 2-D surface. ``landscapes`` maps
     a model name to a :class:`unlearning.metrics.landscape.Landscape`."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(landscapes)
     fig = plt.figure(figsize=(4.2 * len(names), 11), dpi=110)
     zmax = max(float(np.nanmax(ls.surface)) for ls in landscapes.values())
@@ -77,17 +81,14 @@ def plot_landscapes(landscapes: dict, path: Path, set_name: str) -> Path:
         ax.set_xlabel("α")
         ax.set_ylabel("β")
         ax.set_zlabel("loss")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_features(panels: dict, path: Path) -> Path:
     """2-D projections of retain and forget embeddings coloured by class (000 Fig. 1), one panel
     per model. ``panels`` maps a model name to ``(points_R, labels_R, points_F, labels_F)``;
     retain points are small and faint, forget points are crosses."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(panels)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -100,7 +101,4 @@ def plot_features(panels: dict, path: Path) -> Path:
         ax.set_title(f"{name}: R (dots, n={len(pr)}) and F (crosses, n={len(pf)})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from unlearning.plots import pyplot, save_figure
+
 
 @dataclass(frozen=True)
 class Job:
@@ -159,10 +161,7 @@ def markdown_table(
 def _plots(
     jobs: Sequence[Job], records: list[dict[str, Any]], metric: str, out: Path
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     ok = [j for j in jobs if j.status == "ok" and j.metrics.get(metric) is not None]
@@ -189,10 +188,7 @@ def _plots(
         ax.set_xlabel("α (retain weight)")
         ax.set_ylabel(metric)
         ax.legend(fontsize=7, frameon=False)
-        fig.tight_layout()
-        fig.savefig(out / "alpha_curve.png")
-        plt.close(fig)
-        written.append(out / "alpha_curve.png")
+        written.append(save_figure(fig, out / "alpha_curve.png"))
     cells = [r for r in records if r["split"] != "avg"]
     if cells:
         rows = sorted({r["row"] for r in cells})
@@ -213,10 +209,7 @@ def _plots(
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(splits))], splits)
         ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds)")
         ax.legend(fontsize=7, frameon=False)
-        fig.tight_layout()
-        fig.savefig(out / "bars.png")
-        plt.close(fig)
-        written.append(out / "bars.png")
+        written.append(save_figure(fig, out / "bars.png"))
     return written
 
 

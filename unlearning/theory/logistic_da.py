@@ -32,6 +32,7 @@ import numpy as np
 from omegaconf import DictConfig
 from scipy.special import expit, lambertw
 
+from unlearning.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.output import finish, fmt, output_dir, write_csv
 
@@ -233,10 +234,7 @@ def correlated_2d(
 
 def plot(rows1: list[dict], rows2: list[dict], epsilons, alphas, path: Path) -> Path:
     """Left: w^D, w^R, w^DA vs α (Lemma 2/5). Right: detrimental (ε, α) region (Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), dpi=90)
     al = [r["alpha"] for r in rows1]
@@ -262,7 +260,9 @@ def plot(rows1: list[dict], rows2: list[dict], epsilons, alphas, path: Path) -> 
         [[(2 if table[(e, a)]["detrimental"] == 1 else 1 if table[(e, a)]["da_exists"] else 0)
           for e in epsilons] for a in alphas]
     )  # fmt: skip
-    cmap = matplotlib.colors.ListedColormap(["0.85", "C0", "C3"])
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(["0.85", "C0", "C3"])
     a2.pcolormesh(
         np.arange(len(epsilons) + 1), np.arange(len(alphas) + 1), code, cmap=cmap, vmin=0, vmax=2
     )
@@ -278,10 +278,7 @@ def plot(rows1: list[dict], rows2: list[dict], epsilons, alphas, path: Path) -> 
     a2.set_ylabel("α = |F| / |R_ij|")
     a2.set_title("2-D: red = DA detrimental, blue = not, grey = no DA stationary point", fontsize=9)
     a2.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(

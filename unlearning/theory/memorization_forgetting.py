@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from datamodules.embedded import SignalNoise
 from unlearning.models import TwoLayerCNN
+from unlearning.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.output import finish, fmt, output_dir, write_csv
 from unlearning.theory.runtime import single_threaded
@@ -150,10 +151,7 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
 def plot(rows: list[dict[str, float]], signals: list[float], dims: list[int], path: Path) -> Path:
     """003 Fig. 2 analogue: heatmaps of training loss, test error, forget loss over (‖μ‖, d),
     memorization cells outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def grid(key: str) -> np.ndarray:
         table = {(r["signal_strength"], r["dim"]): r[key] for r in rows}
@@ -176,10 +174,7 @@ def plot(rows: list[dict[str, float]], signals: list[float], dims: list[int], pa
         ax.set_title(title, fontsize=9)
     axes[0].set_ylabel("dimension d")
     fig.suptitle("003 §4.2: memorization region (white boxes) vs forget loss", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(

@@ -38,6 +38,7 @@ from datamodules.embedded import SignalNoise
 from unlearning.errors import ConfigError
 from unlearning.metrics.tow import tug_of_war
 from unlearning.models import TwoLayerCNN
+from unlearning.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.decomposition import decompose
 from unlearning.theory.output import finish, fmt, output_dir, write_csv
@@ -242,10 +243,7 @@ def _mean_by(rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]) -
 
 def plot(curves: list[dict], tows: list[dict], path: Path, s: dict[str, Any]) -> Path:
     """κ, ζ (R vs F), test error, Lemma 3.1 fractions per epoch, and ToW vs α (000 Fig. 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4), dpi=80)
     ax = axes.ravel()
@@ -292,10 +290,7 @@ def plot(curves: list[dict], tows: list[dict], path: Path, s: dict[str, Any]) ->
             "track_alpha", "seeds")),
         fontsize=8, va="center",
     )  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _validate(s: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from unlearning.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.coherence import (
     THM37_READINGS,
@@ -174,10 +175,7 @@ def _boundary_curves(
 def plot(rows: list[dict[str, float]], path: Path, n: int, alpha: float, eta: float, reading: str):
     """003 Fig. 1 analogue: cells in the (B, σ) plane, red = diverged (sampled majority), blue =
     converged; hollow markers where the exact E‖w‖² disagrees; the theorem boundaries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     b = np.array([r["batch_size"] for r in rows])
     s = np.array([r["sigma"] for r in rows])
@@ -213,10 +211,7 @@ def plot(rows: list[dict[str, float]], path: Path, n: int, alpha: float, eta: fl
     ax.set_ylim(max(0.5, s.min() / 2), s.max() * 2)
     ax.set_title(f"003 §4.1: n_r = n_f = {n}, α = {alpha}, η = {eta}, λ_max(D) = {lam:.2f}")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(
