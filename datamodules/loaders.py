@@ -81,12 +81,8 @@ class DirectBatches(DataLoader):
     """
 
     def __init__(self, data: TensorBatches, batch_size: int, shuffle: bool) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        # the DataLoader checks batch_size and gives len() = ⌈n / B⌉, as for the batches below
         super().__init__(data, batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch)
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:  # type: ignore[override]
         torch.empty((), dtype=torch.int64).random_()  # the base seed for workers (none here)

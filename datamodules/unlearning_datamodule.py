@@ -162,10 +162,13 @@ class UnlearningDataModule(L.LightningDataModule):
         augment: bool,
         with_ids: bool = False,
         positions: np.ndarray | None = None,
+        direct: bool = False,
     ) -> DataLoader:
         """A ``DataLoader`` over set ``name`` (only its samples at ``positions``, in that order,
         when given): batch-level fetches (:class:`TensorBatches`) where the source holds the set
-        as tensors, else per-sample fetches and ``collate``."""
+        as tensors, else per-sample fetches and ``collate``. With ``direct`` (one process only),
+        tensor batches without workers are served by :class:`DirectBatches`: the same batches and
+        RNG draws without the DataLoader's per-batch machinery."""
         part = "test" if name == "test" else "train"
         rows = self._rows(name)
         if positions is not None:
@@ -187,6 +190,8 @@ class UnlearningDataModule(L.LightningDataModule):
             data, collate = self._subset(name, augment, rows), None
             if with_ids:
                 data = WithSampleIds(data, range(len(data)) if rows is None else rows.tolist())
+        if direct and collate is keep_batch and num_workers == 0:
+            return DirectBatches(data, batch_size, shuffle)
         return DataLoader(
             data,
             batch_size=batch_size,
@@ -221,17 +226,13 @@ class UnlearningDataModule(L.LightningDataModule):
             return ChainedPasses(loaders, chained)
         return CombinedLoader(loaders, mode=self._joint_mode(loaders))
 
-    def _train_loader(self, name: str) -> Iterable:
-        """Shuffled training batches of set ``name``: in one process without workers, in-memory
-        tensors are served by :class:`~datamodules.loaders.DirectBatches` (the DataLoader's
-        batches and RNG draws without its per-batch overhead), else by the ``DataLoader``."""
-        loader = self.loader(
-            name, self.batch_size, True, self.augment, with_ids=name in self.with_ids
-        )
+    def _train_loader(self, name: str) -> DataLoader:
+        """Shuffled training batches of set ``name``; in one process, in-memory tensors go
+        through :class:`~datamodules.loaders.DirectBatches` (under DDP the trainer must insert
+        its ``DistributedSampler`` into a plain ``DataLoader``)."""
         single = self.trainer is None or self.trainer.world_size == 1
-        if single and loader.num_workers == 0 and isinstance(loader.dataset, TensorBatches):
-            return DirectBatches(loader.dataset, self.batch_size, shuffle=True)
-        return loader
+        with_ids = name in self.with_ids
+        return self.loader(name, self.batch_size, True, self.augment, with_ids, direct=single)
 
     def _joint_mode(self, loaders: dict[str, Iterable]) -> str:
         """``max_size_cycle`` when the driver is the longest set, ``min_size`` when it is the
