@@ -1,6 +1,6 @@
 """Entry point: ``python train.py [-m] method=neggrad optim=asam rho=1.0 alpha=0.9,0.99``.
 
-Composes the config from ``conf/``, runs the pipeline (:func:`unlearning.pipeline.run`) and
+Composes the config from ``conf/``, runs the pipeline (:func:`unlearning.pipeline.run.run`) and
 returns the optimized metric (``optimized_metric``, ToW by default) for Hydra sweepers.
 A user error (bad value, missing data) prints one message naming the key and exits with
 status 2 — no traceback. SIGTERM (preemption) exits with 143 after the current batch; rerunning
@@ -17,10 +17,10 @@ from hydra.utils import call
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unlearning.errors import USER_ERRORS, unwrap_user_error
-from unlearning.pipeline import run
-from unlearning.sweep import completed_results
-from unlearning.wandb_logger import one_run_per_job
+from unlearning.config.errors import USER_ERRORS, unwrap_user_error
+from unlearning.config.sweep import completed_results
+from unlearning.outputs.wandb_logger import one_run_per_job
+from unlearning.pipeline.run import run
 
 RESUME_HINT = (
     "interrupted by SIGTERM: finished stages are cached; run the same command again (same "

@@ -77,7 +77,7 @@ def one_pass(data, net=None, opt=None) -> int:
 
 def rows(size: str = "full", work: Path | None = None) -> list[Row]:
     from datamodules.unlearning_datamodule import UnlearningDataModule
-    from unlearning.stages.training import load_model
+    from unlearning.pipeline.stages.training import load_model
 
     repeats, passes = PLAN[size]
     over = ["pretrain.epochs=1"] if size == "smoke" else []

@@ -1,7 +1,8 @@
 """Benchmark item 3 (KLoM): the N-oracle ensemble of KLoM trained vectorised / sequentially.
 
-KLoM (002 §2) needs N oracles f_A(R) with different seeds. ``unlearning.evaluation
-.oracle_margins`` trains them with the memorization trainer (:func:`unlearning.memorization
+KLoM (002 §2) needs N oracles f_A(R) with different seeds. ``unlearning.evaluation.suite
+.oracle_margins`` trains them with the memorization trainer
+(:func:`unlearning.memorization.estimator
 .train_members`) on R with the oracle recipe (pretraining settings, 000 App. C.1), all N in one
 ``torch.func.vmap`` chunk when ``eval.klom.strategy`` resolves to ``vmap`` (``auto``: on CUDA)
 and one after another otherwise, then reads the margins on R, F and D_test. This times exactly
@@ -37,9 +38,9 @@ PLAN = {"full": (8, None, 2), "quick": (8, 3, 1), "smoke": (2, 1, 1)}
 def rows(size: str = "full", work: Path | None = None) -> list[Row]:
     from hydra.utils import instantiate
 
-    from unlearning.evaluation import _train_config
-    from unlearning.memorization import train_members
-    from unlearning.metrics.klom import klom, margins
+    from unlearning.evaluation.metrics.klom import klom, margins
+    from unlearning.evaluation.suite import _train_config
+    from unlearning.memorization.estimator import train_members
 
     n_models, epochs, repeats = PLAN[size]
     with tempfile.TemporaryDirectory(prefix="bench_klom_") as tmp:

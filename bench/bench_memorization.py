@@ -9,8 +9,9 @@ Usage::
 Setting: the embedded digits train set S (1,438 images, 1×8×8), the default backbone
 ``SmallCNN(width=32)``, members trained as in a default estimate (|S_k| = 0.7·|S| = 1,007
 samples, batch 64, SGD momentum 0.9, weight decay 5e-4, cosine lr from 0.1; ``--epochs``, default
-10) and then evaluated on all of S — exactly what :func:`unlearning.memorization.train_members`
-does inside :func:`~unlearning.memorization.estimate_memorization`.
+10) and then evaluated on all of S — exactly what
+:func:`unlearning.memorization.estimator.train_members`
+does inside :func:`~unlearning.memorization.estimator.estimate_memorization`.
 
 Variants, each training the same ``--members`` members (same seeds) once per repeat, in an order
 rotated every repeat so that load drift of the (shared) machine hits all of them alike:
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Aim, Row
 from datamodules.embedded import Digits
-from unlearning.memorization import (
+from unlearning.memorization.estimator import (
     TrainConfig,
     estimate_memorization,
     subset_masks,

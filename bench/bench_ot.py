@@ -5,7 +5,7 @@ Usage::
     python bench/bench_ot.py [--quick]
 
 E_Wp = 1 − W_p between equal-size samples of the L2-normalised penultimate embeddings of R and
-F (``unlearning.metrics.entanglement.e_wp``, exact transport by POT's network simplex
+F (``unlearning.evaluation.metrics.entanglement.e_wp``, exact transport by POT's network simplex
 ``ot.emd2``). Sinkhorn (``ot.sinkhorn2``, entropic regularisation ε) approximates the same
 transport, in time that grows with 1/ε. Both solve the same problem — the embeddings of f_A on
 the embedded default, n points per cloud — at the default ``eval.entanglement.max_samples`` =
@@ -36,7 +36,7 @@ EPSILONS = (0.01, 0.1)
 
 
 def exact(a: np.ndarray, b: np.ndarray, p: float = 2.0) -> float:
-    from unlearning.metrics.entanglement import wasserstein
+    from unlearning.evaluation.metrics.entanglement import wasserstein
 
     return wasserstein(a, b, p).distance
 
@@ -54,8 +54,8 @@ def sinkhorn(a: np.ndarray, b: np.ndarray, epsilon: float, p: float = 2.0) -> fl
 
 def embeddings(job) -> dict[str, np.ndarray]:
     from datamodules.unlearning_datamodule import UnlearningDataModule
-    from unlearning.metrics.features import model_outputs
-    from unlearning.stages.training import load_model
+    from unlearning.evaluation.metrics.features import model_outputs
+    from unlearning.pipeline.stages.training import load_model
 
     net = load_model(job.cfg, job.pretrained)
     data = UnlearningDataModule(job.source, job.forget, eval_batch_size=1024)

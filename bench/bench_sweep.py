@@ -107,7 +107,7 @@ def readme_rows(size: str = "full", work: Path | None = None) -> list[Row]:
     warm, _ = train_py([], work / "cache", work / "logs")
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "import lightning, unlearning.pipeline"], cwd=ROOT, check=True
+        [sys.executable, "-c", "import lightning, unlearning.pipeline.run"], cwd=ROOT, check=True
     )
     imports = time.perf_counter() - t0
     note = (

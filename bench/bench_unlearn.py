@@ -9,7 +9,7 @@ Setting: the embedded default (``python train.py``: digits, ``SmallCNN``, NegGra
 digits defaults α = 0.9, lr 0.02, B = 64, SGD momentum 0.9, weight decay 5e-4), from the cached
 f_A. Per repeat, in alternating order:
 
-* ``framework``      ``unlearning.stages.unlearn`` as a job runs it: Lightning ``Trainer``,
+* ``framework``      ``unlearning.pipeline.stages.unlearn`` as a job runs it: Lightning ``Trainer``,
   ``UnlearningDataModule`` joint batches (``CombinedLoader``), the CSV logger, per-epoch
   checkpoints with RNG states, the divergence guard, the timer; model load and save included;
 * ``lightning_bare`` (diagnostic) the same module and datamodule in a bare ``Trainer`` (no
@@ -52,7 +52,7 @@ def framework(job: DefaultJob, epochs: int, run: int) -> float:
     from lightning.pytorch.loggers import CSVLogger
     from omegaconf import open_dict
 
-    from unlearning import stages
+    from unlearning.pipeline import stages
 
     cfg = job.cfg.copy()
     with open_dict(cfg):
@@ -70,7 +70,7 @@ def lightning_bare(job: DefaultJob, epochs: int) -> float:
     from hydra.utils import instantiate
 
     from datamodules.unlearning_datamodule import UnlearningDataModule
-    from unlearning.stages.training import load_model
+    from unlearning.pipeline.stages.training import load_model
 
     cfg = job.cfg
     t0 = time.perf_counter()
@@ -100,7 +100,7 @@ def hand(job: DefaultJob, epochs: int) -> float:
     """Seconds of the hand-written NegGrad loop (000 eq. 4) over the same data."""
     from hydra.utils import instantiate
 
-    from unlearning.stages.training import load_model
+    from unlearning.pipeline.stages.training import load_model
 
     cfg = job.cfg
     t0 = time.perf_counter()

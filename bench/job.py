@@ -30,9 +30,9 @@ class DefaultJob:
 def default_job(work: Path, overrides: list[str] | None = None) -> DefaultJob:
     """Compose the default config (``overrides`` added), then pretrain f_A and select F through
     the pipeline's stage cache (cache hits after the first call); the oracle is not needed."""
-    from unlearning import stages
-    from unlearning.cache import StageCache
-    from unlearning.pipeline import check_inputs, stage_configs
+    from unlearning.pipeline import stages
+    from unlearning.pipeline.cache import StageCache
+    from unlearning.pipeline.run import check_inputs, stage_configs
 
     cfg = compose_config(overrides or [], work / "out", SHARED_CACHE or work / "cache")
     source = check_inputs(cfg)

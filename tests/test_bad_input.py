@@ -21,10 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import DataConfigError
 from tests.conftest import ROOT, make_config, run_cli
-from unlearning import stages
-from unlearning.cache import CacheWriteError
-from unlearning.errors import USER_ERRORS
-from unlearning.pipeline import run
+from unlearning.config.errors import USER_ERRORS
+from unlearning.pipeline import stages
+from unlearning.pipeline.cache import CacheWriteError
+from unlearning.pipeline.run import run
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 

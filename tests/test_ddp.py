@@ -17,11 +17,11 @@ from omegaconf import open_dict
 from torch.distributed import TCPStore
 
 from tests.conftest import CONF, cli_dirs, run_cli
-from unlearning import distributed
-from unlearning.cache import StageCache
-from unlearning.errors import ConfigError
-from unlearning.pipeline import run
-from unlearning.validation import validate_config
+from unlearning.config.errors import ConfigError
+from unlearning.config.validation import validate_config
+from unlearning.pipeline import distributed
+from unlearning.pipeline.cache import StageCache
+from unlearning.pipeline.run import run
 
 SLURM_VARS = ("SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_LOCALID")
 #: a small job: 4 epochs of f_A and the oracle, 1 of NegGrad, the cheap evaluations off

@@ -17,7 +17,7 @@ from tests.datamodules.test_real_datasets import (
     write_svhn,
     write_tiny_imagenet,
 )
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 #: preset → (dataset, depth, cifar stem, pretrain (epochs, batch, lr, weight decay),
 #: unlearning (epochs, lr or None = the method's own), alpha, split (name, size))

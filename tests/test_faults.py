@@ -1,7 +1,8 @@
 """Kill safety (issue #8): a job killed at any stage leaves the cache sound, and rerunning the same
 command resumes the interrupted stage and ends with the metrics of an uninterrupted run.
 
-Faults are injected with the ``UNLEARNING_FAULT=<stage>:<epoch>`` hook (:mod:`unlearning.faults`):
+Faults are injected with the ``UNLEARNING_FAULT=<stage>:<epoch>`` hook
+(:mod:`unlearning.pipeline.faults`):
 the process SIGKILLs (or SIGTERMs) itself at the start of that epoch, right after the previous
 epoch's checkpoint was written.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_config, run_cli
-from unlearning.cache import MANIFEST_FILE
-from unlearning.pipeline import run
+from unlearning.pipeline.cache import MANIFEST_FILE
+from unlearning.pipeline.run import run
 
 # tiny and fast; the same overrides in-process (reference) and on the command line (faulty runs)
 TINY = [

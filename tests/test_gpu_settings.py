@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from unlearning.errors import ConfigError
+from unlearning.config.errors import ConfigError
+from unlearning.config.validation import _check_speed_settings
 from unlearning.models import SmallCNN
-from unlearning.stages.training import prepare_backbone
-from unlearning.validation import _check_speed_settings
+from unlearning.pipeline.stages.training import prepare_backbone
 
 
 def test_gpu_bf16_preset_sets_bf16_channels_last_and_the_gpu(config):

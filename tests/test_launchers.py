@@ -11,7 +11,7 @@ from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, cli_dirs, run_cli
-from unlearning import sweep
+from unlearning.config import sweep
 
 # tiny digits jobs without the evaluation suite: the launchers, not the models, are under test
 SHRUNK = ["pretrain.epochs=1", "method.epochs=1", "eval=none"]

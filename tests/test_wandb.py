@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_dirs, run_cli
-from unlearning import wandb_logger
-from unlearning.publish import publish
-from unlearning.results import MODELS, SETS
+from unlearning.outputs import wandb_logger
+from unlearning.outputs.publish import publish
+from unlearning.outputs.results import MODELS, SETS
 
 BLOCK = 32 * 1024  # the .wandb transaction log: LevelDB-style 32 KiB blocks, 7-byte headers
 

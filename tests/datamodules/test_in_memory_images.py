@@ -191,7 +191,7 @@ def test_pipeline_trains_on_cifar_through_either_augmentation(tmp_path: Path) ->
     """``dataset.augment_impl`` reaches the source from the config, both paths run the real
     pipeline end to end, and they are cached as different pretraining runs (results differ)."""
     from tests.conftest import make_config
-    from unlearning.pipeline import run
+    from unlearning.pipeline.run import run
 
     write_cifar10(tmp_path / "run" / "data" / "cifar10")
     shrink = ["dataset=cifar10", "model=small_cnn", "pretrain.epochs=1", "method.epochs=1"]

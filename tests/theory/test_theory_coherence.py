@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from unlearning.errors import ConfigError
+from unlearning.config.errors import ConfigError
 from unlearning.theory.coherence import (
     convergence_threshold,
     divergence_threshold,

@@ -2,7 +2,8 @@
 optimise them in opposite directions.
 
 The forget part is the top ``fraction`` of parameter entries ranked globally by
-``|Σ_b ∇CE(F_b)|`` at f_A (:mod:`unlearning.saliency`, computed once per pretrained model and
+``|Σ_b ∇CE(F_b)|`` at f_A (:mod:`unlearning.methods.saliency`, computed once per pretrained model
+and
 forget set, cached). Each step, on a joint batch (B retain + B forget samples):
 
 * forget part: sharpness **maximisation** on ``L_F(w) = −(1−α)·CE(F)`` — the first-order step

@@ -19,7 +19,8 @@ once in the constructor from the global RNG, which the pipeline seeds with ``cfg
 
 **SalUn.** RL restricted to the saliency mask m (``True`` = salient): the top ``fraction`` of
 f_A's parameter entries by ``|Σ_b ∇CE(F_b)|`` after one pass over F, ranked globally
-(:mod:`unlearning.saliency`, computed and cached by the pipeline's mask stage). Salient entries
+(:mod:`unlearning.methods.saliency`, computed and cached by the pipeline's mask stage). Salient
+entries
 follow the RL objective; all other entries stay *exactly* at f_A: gradients are masked after every
 backward pass (so a SAM/ASAM perturbation, computed from those gradients, also lives on the mask)
 and, after every optimizer step, the non-salient entries are copied back from f_A, so weight

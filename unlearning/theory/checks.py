@@ -1,6 +1,7 @@
 """Validation of a lab's settings (``lab.<key>``), run before any computation.
 
-Each check raises :class:`unlearning.errors.ConfigError` naming the key, the bad value and the fix.
+Each check raises :class:`unlearning.config.errors.ConfigError` naming the key, the bad value and
+the fix.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from unlearning.errors import ConfigError
+from unlearning.config.errors import ConfigError
 
 
 def _key(name: str) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig
 from scipy.special import expit, lambertw
 
-from unlearning.plots import pyplot, save_figure
+from unlearning.outputs.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.output import finish, fmt, output_dir, write_csv
 

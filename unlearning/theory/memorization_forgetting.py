@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from datamodules.embedded import SignalNoise
 from unlearning.models import TwoLayerCNN
-from unlearning.plots import pyplot, save_figure
+from unlearning.outputs.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.output import finish, fmt, output_dir, write_csv
 from unlearning.theory.runtime import single_threaded

@@ -12,8 +12,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.publish import publish
-from unlearning.results import write_results
+from unlearning.outputs.publish import publish
+from unlearning.outputs.results import write_results
 
 
 def output_dir(cfg: DictConfig) -> Path:

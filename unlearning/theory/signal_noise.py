@@ -35,10 +35,10 @@ from torch.nn import functional as F
 
 from callbacks.sharpness import perturbation, sharpness_aware_grad
 from datamodules.embedded import SignalNoise
-from unlearning.errors import ConfigError
-from unlearning.metrics.tow import tug_of_war
+from unlearning.config.errors import ConfigError
+from unlearning.evaluation.metrics.tow import tug_of_war
 from unlearning.models import TwoLayerCNN
-from unlearning.plots import pyplot, save_figure
+from unlearning.outputs.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.decomposition import decompose
 from unlearning.theory.output import finish, fmt, output_dir, write_csv

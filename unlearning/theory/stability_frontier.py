@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from unlearning.plots import pyplot, save_figure
+from unlearning.outputs.plots import pyplot, save_figure
 from unlearning.theory import checks
 from unlearning.theory.coherence import (
     THM37_READINGS,

@@ -7,7 +7,7 @@ from torch import nn
 
 from unlearning.methods.boundary import BoundaryExpand, BoundaryShrink
 from unlearning.models import SmallCNN, TwoLayerCNN
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 
 def _net():

@@ -15,7 +15,7 @@ from unlearning.methods.influence import (
     woodfisher_inverse_product,
 )
 from unlearning.models import SmallCNN
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 
 def _net():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearning.methods.l1_sparse import L1Sparse
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 
 def _net():

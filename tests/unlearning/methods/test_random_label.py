@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.sharpness import SAM
 from unlearning.methods.random_label import RandomLabel, SalUn
-from unlearning.pipeline import run
-from unlearning.saliency import forget_gradient_saliency, top_fraction_mask
+from unlearning.methods.saliency import forget_gradient_saliency, top_fraction_mask
+from unlearning.pipeline.run import run
 
 K = 3
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearning.methods.scrub import SCRUB
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearning.methods.ugradsl import UGradSL, UGradSLPlus
-from unlearning.pipeline import run
+from unlearning.pipeline.run import run
 
 
 class Tiny(nn.Module):

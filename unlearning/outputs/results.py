@@ -1,0 +1,84 @@
+"""The results contract (SPEC §0, docs/results.md): ``results.json`` and the end-of-run summary.
+
+``results.json`` = ``{"status": "ok" | "diverged", "config": <resolved config>, "metrics":
+{flat key: number}}``. Metric keys are stable; the same keys go to the loggers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unlearning.pipeline.cache import atomic_write_text
+
+MODELS = ("original", "oracle", "unlearned")
+SETS = ("retain", "forget", "test")
+#: evaluation-suite metrics shown in the summary table when present: (key, label, decimals)
+HEADLINE_EVAL = (
+    ("mia", "MIA", 3),
+    ("avg_gap", "AvgGap", 4),
+    ("e_var_all_raw", "E_Var", 1),
+    ("e_wp_all", "E_Wp", 3),
+    ("basin_ratio/test", "basin(test)", 2),
+    ("hessian_top/retain", "λmax(R)", 2),
+    ("klom/forget", "KLoM(F)", 2),
+)
+
+
+def accuracy_key(model: str, set_name: str) -> str:
+    """Stable metric key of a model's accuracy on a set, e.g. ``unlearned/acc_forget``."""
+    return f"{model}/acc_{set_name}"
+
+
+def write_results(
+    path: Path,
+    status: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    notes: Mapping[str, str] | None = None,
+    diverged_at_step: int | None = None,
+) -> None:
+    """Atomically write ``results.json``; non-finite numbers become ``null`` (valid JSON).
+    ``notes`` maps a metric key (or an evaluation name) to why it is ``null`` or doubtful;
+    ``diverged_at_step`` is the unlearning step at which a ``diverged`` run was stopped."""
+    clean = {
+        k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None)
+        for k, v in metrics.items()
+    }
+    payload = {
+        "status": status,
+        "diverged_at_step": diverged_at_step,
+        "config": config,
+        "metrics": clean,
+        "notes": dict(notes or {}),
+    }
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _pct(value: float) -> str:
+    return "   n/a" if value is None or not math.isfinite(value) else f"{100 * value:6.2f}"
+
+
+def summary_table(metrics: Mapping[str, float], title: str) -> str:
+    """A plain-text table: accuracies (%) of the three models on R, F, test, then the scores."""
+    lines = [title, f"{'model':<10} {'retain':>7} {'forget':>7} {'test':>7}"]
+    for model in MODELS:
+        cells = " ".join(f"{_pct(metrics.get(accuracy_key(model, s), math.nan)):>7}" for s in SETS)
+        lines.append(f"{model:<10} {cells}")
+    lines.append(
+        f"ToW {metrics['tow']:.4f}  ToW(abs) {metrics['tow_abs']:.4f}  "
+        f"UA {_pct(metrics['ua']).strip()}%  RA {_pct(metrics['ra']).strip()}%  "
+        f"TA {_pct(metrics['ta']).strip()}%  RTE {metrics['rte_s']:.2f} s"
+    )
+    headline = "  ".join(
+        f"{label} {metrics[key]:.{digits}f}"
+        for key, label, digits in HEADLINE_EVAL
+        if key in metrics and math.isfinite(metrics[key])
+    )
+    if headline:
+        lines.append(headline)
+    width = max(len(line) for line in lines)
+    return "\n".join(["=" * width, *lines, "=" * width])

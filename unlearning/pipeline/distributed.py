@@ -1,0 +1,516 @@
+"""Multi-process (DDP) jobs: who starts the ranks, which rank writes, how ranks share the cache.
+
+With ``trainer.strategy=ddp`` every rank runs the *whole* job (Lightning's subprocess launcher
+re-runs the script; SLURM and torchrun start one task per device). The pipeline therefore runs
+in each rank, and this module makes that correct:
+
+* **Launch.** Lightning's launcher starts the other ranks at the first ``trainer.fit`` with
+  ``sys.argv`` (``_hydra_subprocess_cmd``): under ``-m`` the child replays the whole sweep into
+  a second multirun folder, and it starts while rank 0 holds a stage-cache lock, so a child that
+  waits on that lock deadlocks the fit. :func:`session` starts the ranks itself at the start of
+  the job, with *this job's* overrides and output directory, and sets ``LOCAL_RANK`` etc. so
+  Lightning sees externally created processes and launches nothing.
+* **Cache.** :class:`RankAwareCache`: only rank 0 takes the entry's file lock, computes
+  (training stages: together with the other ranks, who join the fit) and commits the entry;
+  the other ranks learn what to do through a ``torch.distributed.TCPStore`` that they poll, so
+  a long wait for another sweep job's lock never hits a collective timeout.
+* **Writes.** Only rank 0 saves models, evaluates and writes ``results.json``, plots and logger
+  output (:func:`is_rank_zero`).
+* **Batch.** Config batch sizes are global (the papers' B); each of W devices gets B / W
+  (:func:`per_device_batch_size`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.config.errors import ConfigError
+from unlearning.pipeline.cache import StageCache
+
+log = logging.getLogger(__name__)
+
+#: the documented entry point that every rank runs (``config_path="conf"`` next to it)
+ENTRY = Path(__file__).resolve().parents[1] / "train.py"
+#: cached stages that run ``trainer.fit`` and so need every rank (the others run on rank 0)
+COLLECTIVE_STAGES = frozenset({"pretrain", "oracle", "unlearn"})
+#: environment variable naming the coordination store's port (default ``MASTER_PORT + 1``)
+STORE_PORT_ENV = "UNLEARNING_STORE_PORT"
+#: how often a waiting rank polls the coordination store, in seconds
+POLL_S = 0.05
+#: how long a rank waits to connect to rank 0's store
+CONNECT_TIMEOUT = timedelta(minutes=30)
+#: Lightning strategy names whose ranks are processes that each run the whole script
+SCRIPT_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+#: Lightning strategies that train in this one process
+SINGLE_PROCESS = ("single_device", "lightning.pytorch.strategies.SingleDeviceStrategy")
+#: environment variables that :func:`session` sets in the launching process (restored after)
+_LAUNCH_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    STORE_PORT_ENV,
+)
+#: Hydra overrides that a rank's command must not inherit from a sweep job
+_SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.run", "hydra.output_subdir", "hydra.job.name")
+
+
+# ---------------------------------------------------------------------------- config side
+
+
+def _many_devices(cfg: DictConfig) -> bool:
+    """Whether ``trainer.devices`` / ``num_nodes`` ask for more than one process."""
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if OmegaConf.select(cfg, "trainer.num_nodes") not in (None, 1):
+        return True
+    if OmegaConf.is_list(devices) or isinstance(devices, list):
+        return len(devices) > 1
+    if devices in ("auto", -1, "-1"):
+        accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+        if accelerator not in ("gpu", "cuda", "auto"):
+            return False
+        import torch
+
+        return torch.cuda.device_count() > 1
+    return isinstance(devices, int) and not isinstance(devices, bool) and devices > 1
+
+
+def strategy_name(cfg: DictConfig) -> str | None:
+    """The trainer's strategy as a name (``ddp``, ``ddp_spawn``, ...), or ``None`` for one
+    process. An unset or ``auto`` strategy on several devices is ``ddp``, as Lightning picks."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    if strategy in (None, "auto"):
+        return "ddp" if _many_devices(cfg) else None
+    if isinstance(strategy, str):
+        return strategy
+    target = str(OmegaConf.select(strategy, "_target_", default=""))
+    if target.endswith("DDPStrategy"):
+        start = OmegaConf.select(strategy, "start_method", default="popen")
+        return "ddp" if start == "popen" else f"ddp_{start}"
+    return target
+
+
+def world_size(cfg: DictConfig) -> int:
+    """W = ``trainer.devices`` × ``trainer.num_nodes`` for a multi-process strategy, else 1.
+
+    Only integer ``devices`` count (a list counts its entries); ``auto``/``-1`` are rejected for
+    DDP presets by :func:`check_trainer`, since W is part of every stage's result.
+    """
+    name = strategy_name(cfg)
+    if name is None or not name.startswith("ddp"):
+        return 1
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes") or 1
+    count = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else devices
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return 1
+    return count * int(nodes)
+
+
+def runs_script_per_rank(cfg: DictConfig) -> bool:
+    """Whether every rank is a process running the whole job (``ddp``), as opposed to one
+    process (single device) or ranks spawned per fit (``ddp_spawn``)."""
+    return strategy_name(cfg) in SCRIPT_STRATEGIES and world_size(cfg) > 1
+
+
+def per_device_batch_size(cfg: DictConfig, key: str) -> int:
+    """B / W: the batch each device draws per step for the global batch ``cfg.<key>`` = B.
+
+    DDP averages the W per-device gradients, so W devices with B / W samples each take the same
+    step as one device with B (up to batch-norm statistics, which are per device unless
+    ``trainer.sync_batchnorm``). Raises :class:`ConfigError` naming ``key`` if W does not
+    divide B.
+    """
+    batch, size = int(OmegaConf.select(cfg, key)), world_size(cfg)
+    if batch % size:
+        raise ConfigError(
+            key,
+            batch,
+            f"is the global batch and must be divisible by the world size {size} "
+            "(trainer.devices × trainer.num_nodes), each device drawing batch / world size; "
+            f"e.g. {key}={max(size, batch - batch % size)}",
+        )
+    return batch // size
+
+
+def _cluster_started() -> str | None:
+    """The name of the cluster environment that started this process as one rank, if any."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        return "slurm"
+    if TorchElasticEnvironment.detect():
+        return "torchrun"
+    return None
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Start-up checks of a multi-process ``trainer`` preset (before any data or training):
+    integer devices, enough GPUs, gloo for CPU ranks, a cluster for several nodes, and global
+    batch sizes divisible by W."""
+    name = strategy_name(cfg)
+    if name is None or name in SINGLE_PROCESS:
+        return
+    import torch
+
+    if name not in SCRIPT_STRATEGIES:
+        raise ConfigError(
+            "trainer.strategy",
+            name,
+            "use strategy=ddp (trainer=ddp / ddp_cpu) for several devices: spawned ranks "
+            "(ddp_spawn) return only the weights to the main process, not the loop counters "
+            "and callback states the stages check, and other strategies are untested here "
+            "(docs/ddp.md)",
+        )
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(
+            "trainer.devices",
+            devices,
+            f"strategy={name} needs the number of devices per node, e.g. trainer.devices=2 "
+            "(the world size sets the per-device batch and is part of the stage cache keys)",
+        )
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        found = torch.cuda.device_count()
+        if found < devices or (devices < 2 and world_size(cfg) < 2):
+            raise ConfigError(
+                "trainer.devices",
+                devices,
+                f"{found} CUDA GPU(s) visible here; strategy={name} needs trainer.devices ≥ 2 "
+                "GPUs on this node (use trainer=gpu for one GPU, trainer=ddp_cpu to try DDP on "
+                "CPU)",
+            )
+    elif not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        raise ConfigError(
+            "trainer.strategy", name, "CPU ranks need torch.distributed with gloo; use trainer=cpu"
+        )
+    if OmegaConf.select(cfg, "trainer.sync_batchnorm") and accelerator not in ("gpu", "cuda"):
+        raise ConfigError(
+            "trainer.sync_batchnorm", True, "needs GPUs (torch's SyncBatchNorm); set it to false"
+        )
+    _check_nodes(cfg, name)
+    if runs_script_per_rank(cfg) and OmegaConf.select(cfg, "eval.klom.enabled"):
+        raise ConfigError(
+            "eval.klom.enabled",
+            True,
+            "KLoM trains N − 1 more unlearned models inside the evaluation, which runs on rank 0 "
+            "only; set eval.klom.enabled=false or use trainer=cpu / trainer=gpu",
+        )
+    if runs_script_per_rank(cfg) and _chains_passes(cfg):
+        raise ConfigError(
+            "method",
+            OmegaConf.select(cfg, "method.name"),
+            "walks its epochs as consecutive passes over single sets (epoch_passes), which "
+            "Lightning does not shard across DDP ranks; use trainer=cpu / trainer=gpu",
+        )
+    for key in ("pretrain.batch_size", "method.batch_size"):
+        per_device_batch_size(cfg, key)
+
+
+def _chains_passes(cfg: DictConfig) -> bool:
+    """Whether the method overrides ``epoch_passes`` (SCRUB): its loader is no ``DataLoader``."""
+    from hydra.utils import get_class
+
+    from unlearning.methods.base import UnlearningMethod
+
+    method = get_class(cfg.method._target_)
+    return getattr(method, "epoch_passes", None) is not UnlearningMethod.epoch_passes
+
+
+def _check_nodes(cfg: DictConfig, name: str) -> None:
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes")
+    if nodes is None or isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(
+            "trainer.num_nodes",
+            nodes,
+            "set the number of nodes, e.g. trainer.num_nodes=2 (trainer=ddp_multinode reads "
+            "$SLURM_NNODES when run inside a SLURM allocation)",
+        )
+    cluster = _cluster_started()
+    if nodes > 1 and cluster is None:
+        raise ConfigError(
+            "trainer.num_nodes",
+            nodes,
+            "a multi-node run needs one process per device started by the cluster: submit with "
+            "sbatch and `srun python train.py ...` (--ntasks-per-node=trainer.devices) or use "
+            "torchrun; no SLURM task or torchrun environment was found here",
+        )
+    if cluster == "slurm":
+        tasks = os.environ.get("SLURM_NTASKS")
+        if tasks is not None and int(tasks) != world_size(cfg):
+            raise ConfigError(
+                "trainer.num_nodes",
+                nodes,
+                f"SLURM started {tasks} task(s) but trainer.devices × trainer.num_nodes = "
+                f"{world_size(cfg)}; use --ntasks-per-node={cfg.trainer.devices} and "
+                f"--nodes={nodes}",
+            )
+
+
+# ---------------------------------------------------------------------------- ranks
+
+
+@dataclass
+class Session:
+    """This process's place in a multi-process job."""
+
+    rank: int
+    world_size: int
+    store: Any  # torch.distributed.TCPStore
+    children: list[subprocess.Popen] = field(default_factory=list)
+    #: numbers the cache calls; every rank makes the same calls in the same order
+    calls: Iterator[int] = field(default_factory=itertools.count)
+
+
+_SESSION: Session | None = None
+
+
+def rank() -> int:
+    """The global rank of this process in the running job (0 outside a multi-process job)."""
+    return _SESSION.rank if _SESSION is not None else 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes the job's outputs (models, results, plots, logs)."""
+    return rank() == 0
+
+
+def _quote(value: str) -> str:
+    """``value`` as a quoted Hydra override value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def rank_command(local_rank: int) -> list[str]:
+    """The command that runs local rank ``local_rank`` of *this* Hydra job.
+
+    Lightning's ``_hydra_subprocess_cmd`` repeats ``sys.argv``: inside ``-m a=1,2`` that is the
+    whole sweep. Here the rank gets this job's own overrides, in run mode, writing into this
+    job's output directory (its log is ``<job name>_rank<r>.log`` there; no ``.hydra/``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    command = [sys.executable, str(ENTRY), f"--config-name={hc.job.config_name}"]
+    for source in hc.runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            command.append(f"--config-path={source.path}")
+        elif source.provider == "command-line" and source.schema == "file":
+            command.append(f"--config-dir={source.path}")
+    command += [o for o in hc.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_ONLY)]
+    command += list(hc.overrides.task)
+    command += [
+        f"hydra.run.dir={_quote(str(hc.runtime.output_dir))}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name={hc.job.name}_rank{local_rank}",
+    ]
+    return command
+
+
+def _free_port() -> int:
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    return find_free_network_port()
+
+
+def _watch(children: list[subprocess.Popen], done: threading.Event) -> None:
+    """Like Lightning's launcher: if a rank dies, end the job rather than let the others hang
+    in a collective (NCCL waits for its timeout; gloo fails by itself)."""
+    while not done.wait(2.0):
+        for i, child in enumerate(children, start=1):
+            if child.poll() not in (None, 0):
+                log.error("rank %d exited with code %d; stopping the job", i, child.returncode)
+                for other in children:
+                    if other.poll() is None:
+                        other.kill()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+
+def _launch(cfg: DictConfig, size: int) -> tuple[Session, dict[str, str | None]]:
+    """Rank 0 of a single-node job: start local ranks 1..W−1 with this job's config."""
+    from hydra.core.hydra_config import HydraConfig
+    from torch.distributed import TCPStore
+
+    if not HydraConfig.initialized():
+        raise ConfigError(
+            "trainer.strategy",
+            strategy_name(cfg),
+            "multi-process training starts its ranks from the command line: run it through "
+            "train.py (or use trainer=cpu / trainer=gpu here)",
+        )
+    saved = {name: os.environ.get(name) for name in _LAUNCH_ENV}
+    master_port, store_port = _free_port(), _free_port()
+    os.environ.update(
+        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        MASTER_PORT=str(master_port),
+        NODE_RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE=str(size),
+        **{STORE_PORT_ENV: str(store_port)},
+    )
+    store = TCPStore(
+        os.environ["MASTER_ADDR"], store_port, size, True, CONNECT_TIMEOUT, wait_for_workers=False
+    )
+    session = Session(0, size, store)
+    cwd = HydraConfig.get().runtime.cwd
+    for local_rank in range(1, size):
+        env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+        command = rank_command(local_rank)
+        log.info("[ddp] starting rank %d: %s", local_rank, " ".join(command))
+        session.children.append(subprocess.Popen(command, env=env, cwd=cwd))
+    return session, saved
+
+
+def _join(cfg: DictConfig, size: int, cluster: str | None) -> Session:
+    """A rank started by us (``LOCAL_RANK`` set), SLURM or torchrun: connect to rank 0."""
+    from lightning.fabric.plugins.environments import (
+        LightningEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+    from torch.distributed import TCPStore
+
+    env = {"slurm": SLURMEnvironment, "torchrun": TorchElasticEnvironment}.get(
+        cluster or "", LightningEnvironment
+    )()
+    if cluster is None:
+        node = int(os.environ.get("NODE_RANK", 0))
+        global_rank = node * int(cfg.trainer.devices) + env.local_rank()
+    else:
+        global_rank = env.global_rank()
+    port = int(os.environ.get(STORE_PORT_ENV, env.main_port + 1))
+    store = TCPStore(
+        env.main_address, port, size, global_rank == 0, CONNECT_TIMEOUT, wait_for_workers=False
+    )
+    return Session(global_rank, size, store)
+
+
+@contextmanager
+def session(cfg: DictConfig) -> Iterator[Session | None]:
+    """The ranks of one job for a ``ddp`` preset, from the job's start to its end; nothing for
+    a single process. On exit rank 0 waits for its ranks, and the process group, the store and
+    the environment are reset so that the next job of a sweep starts its own ranks."""
+    global _SESSION
+    if not runs_script_per_rank(cfg):
+        yield None
+        return
+    size = world_size(cfg)
+    cluster = _cluster_started()
+    saved: dict[str, str | None] = {}
+    if cluster is None and "LOCAL_RANK" not in os.environ:
+        current, saved = _launch(cfg, size)
+    else:
+        current = _join(cfg, size, cluster)
+    done = threading.Event()
+    if current.children:
+        threading.Thread(target=_watch, args=(current.children, done), daemon=True).start()
+    _SESSION = current
+    log.info("[ddp] rank %d of %d", current.rank, size)
+    try:
+        yield current
+    except BaseException:
+        for child in current.children:  # they may wait on this rank: do not leave them behind
+            if child.poll() is None:
+                child.kill()
+        raise
+    finally:
+        done.set()
+        _SESSION = None
+        codes = [child.wait() for child in current.children]
+        _end_process_group()
+        current.store = None
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    failed = {i: code for i, code in enumerate(codes, start=1) if code}
+    if failed:
+        raise RuntimeError(f"DDP rank(s) failed, {{rank: exit code}}: {failed}")
+
+
+def end_collectives() -> None:
+    """Leave the job's process group: after the last ``trainer.fit`` the ranks no longer work
+    together, and rank 0 evaluates alone (torchmetrics would otherwise try to sync with the
+    other ranks). A no-op outside a multi-process job."""
+    if _SESSION is not None:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+class RankAwareCache(StageCache):
+    """A :class:`StageCache` shared by the ranks of one job.
+
+    Rank 0 alone takes the entry's lock (so concurrent sweep jobs still compute each entry
+    once), computes and commits it. A stage in :data:`COLLECTIVE_STAGES` trains with
+    ``trainer.fit``, so when rank 0 computes it, it first announces the work directory and the
+    other ranks run the same computation with it (their writes are rank-0 guarded); every other
+    stage runs on rank 0 only. The other ranks poll the store for the finished entry.
+    """
+
+    def __init__(self, root: str | os.PathLike, current: Session) -> None:
+        super().__init__(root)
+        self.session = current
+
+    def get_or_compute(
+        self,
+        stage: str,
+        config: Mapping[str, Any],
+        compute: Callable[[Path], Mapping[str, Any] | None],
+    ) -> Path:
+        key = f"cache/{next(self.session.calls)}/{stage}"
+        store = self.session.store
+        if self.session.rank == 0:
+
+            def announced(work: Path) -> Mapping[str, Any] | None:
+                store.set(f"{key}/compute", str(work))
+                return compute(work)
+
+            collective = stage in COLLECTIVE_STAGES
+            final = super().get_or_compute(stage, config, announced if collective else compute)
+            store.set(f"{key}/done", str(final))
+            return final
+        joined = False
+        while True:
+            # rank 0 announces a computation before it commits: read "done" first, so that a
+            # computation announced by then is seen below and joined
+            done = store.check([f"{key}/done"])
+            if not joined and stage in COLLECTIVE_STAGES and store.check([f"{key}/compute"]):
+                log.info("[%s] computing with rank 0", stage)
+                compute(Path(store.get(f"{key}/compute").decode()))
+                joined = True
+            elif done:
+                return Path(store.get(f"{key}/done").decode())
+            else:
+                time.sleep(POLL_S)
+
+
+def stage_cache(root: str | os.PathLike) -> StageCache:
+    """The stage cache for this process: rank-aware inside a multi-process job."""
+    return RankAwareCache(root, _SESSION) if _SESSION is not None else StageCache(root)

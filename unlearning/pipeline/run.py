@@ -1,0 +1,388 @@
+"""The unlearning pipeline (SPEC §0): validate → pretrain f_A on S → select F → retrain the
+oracle f_A(R) → unlearn from f_A → evaluate against f_A and f_A(R) → write ``results.json``.
+
+Pretraining, the split and the oracle are cached under ``paths.cache_dir`` keyed by exactly the
+config that determines each (:func:`stage_configs`), so a sweep over methods, optimizers,
+``alpha`` or the unlearning ``seed`` pretrains once and retrains the oracle once per forget set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from datamodules.sources import ImageSource, build_source
+from datamodules.splits import forget_count
+from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.config.errors import unwrap_user_error
+from unlearning.config.validation import validate_config
+from unlearning.evaluation.batch_fit import AUTO, largest_batch
+from unlearning.evaluation.metrics.tow import tug_of_war
+from unlearning.evaluation.suite import OutputStore, output_needs, run_evaluations
+from unlearning.outputs.plots import plot_scores
+from unlearning.outputs.publish import publish
+from unlearning.outputs.results import SETS, accuracy_key, summary_table, write_results
+from unlearning.pipeline import distributed, faults, stages
+from unlearning.pipeline.cache import StageCache
+
+log = logging.getLogger(__name__)
+
+#: bump when a stage's computation changes meaning, so old cache entries are not reused.
+CACHE_VERSION = 1
+#: config keys that do not change a stage's result (paths, speed and display settings).
+NON_DETERMINING = {
+    "root",
+    "num_workers",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "default_root_dir",
+    "_partial_",
+    "lag",  # divergence.lag: when the guard reads the loss, not what it decides
+}
+
+
+def _determining(node: Any) -> Any:
+    """A plain container of ``node`` without :data:`NON_DETERMINING` keys, recursively."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        return {k: _determining(v) for k, v in node.items() if k not in NON_DETERMINING}
+    if isinstance(node, list):
+        return [_determining(v) for v in node]
+    return node
+
+
+def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The exact config each cached stage depends on (its cache key is a hash of this).
+
+    * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A and ``pretrain.seed``),
+      trainer numerics.
+    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
+    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
+    * ``oracle``: everything of ``pretrain`` and ``split``.
+
+    The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
+    purpose: changing them reuses all three stages.
+    """
+    dataset, split = _determining(cfg.dataset), _determining(cfg.split)
+    memorization = _determining(cfg.memorization)
+    scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
+    if memorization.get("source") == "estimate":
+        scores["model"] = _determining(cfg.model)
+    if stages.uses_scores(cfg):
+        split = {**split, "scores": scores}
+    pretrain = {
+        "version": CACHE_VERSION,
+        "dataset": dataset,
+        "model": _determining(cfg.model),
+        "pretrain": _determining(cfg.pretrain),
+        "trainer": _determining(cfg.trainer),
+    }
+    return {
+        "pretrain": pretrain,
+        "memorization": scores,
+        "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
+        "oracle": {**pretrain, "split": split},
+        # saliency mask of f_A for methods that split the model (MinMax, SalUn)
+        "mask": {
+            "pretrain": pretrain,
+            "split": split,
+            "fraction": OmegaConf.select(cfg, "method.fraction"),
+            "batch_size": OmegaConf.select(cfg, "method.batch_size"),
+        },
+        # N oracles for KLoM (eval.klom): the oracle recipe with N seeds
+        "klom_oracles": {
+            **pretrain,
+            "split": split,
+            "models": OmegaConf.select(cfg, "eval.klom.models"),
+        },
+    }
+
+
+def evaluation_device(cfg: DictConfig) -> torch.device:
+    """Where the job evaluates its models: the trainer's GPU (``trainer.accelerator`` ``gpu`` /
+    ``cuda``, or ``auto`` with a GPU visible; its first device), else the CPU. Training stages
+    hand their models back on the CPU (:func:`stages.load_model`); the evaluation moves them
+    there, and every metric moves its batches to the model's device."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_eval_batch_size(
+    cfg: DictConfig,
+    source: ImageSource,
+    device: torch.device | None = None,
+    probe: bool | None = None,
+) -> DictConfig:
+    """``cfg`` itself when ``eval_batch_size`` is an integer; for ``eval_batch_size=auto`` a copy
+    holding the largest batch of ``cfg.model``'s inference pass that fits on ``device``
+    (:func:`unlearning.evaluation.batch_fit.largest_batch`: probed on CUDA, 1024 on the CPU;
+    ``probe``
+    overrides that choice), so that every stage and the evaluation read one integer."""
+    if cfg.eval_batch_size != AUTO:
+        return cfg
+    device = device if device is not None else evaluation_device(cfg)
+    with torch.random.fork_rng(devices=[]):  # building the probe model draws no job randomness
+        model = instantiate(cfg.model).to(device)
+    sample, _ = source.dataset("test", augment=False)[0]
+    n_train = len(source.targets("train"))
+    size = largest_batch(model, tuple(sample.shape), device, set_size=n_train, probe=probe)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the probe model's memory goes back to the stages
+    resolved = cfg.copy()
+    resolved.eval_batch_size = size
+    log.info("[eval] eval_batch_size=auto resolves to %d on %s", size, device)
+    return resolved
+
+
+def evaluate(store: OutputStore) -> dict[str, float]:
+    """Accuracy of each model of ``store`` on R, F and D_test (test transforms), keyed
+    ``<model>/acc_<set>``, read from the outputs the evaluation suite shares (one forward
+    pass per model and set in the whole job)."""
+    return {accuracy_key(name, s): store.accuracy(name, s) for name in store.models for s in SETS}
+
+
+def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
+    """ToW (000 eq. 10), ToW with absolute gaps, UA = 1 − Acc_u(F), RA, TA, RTE (SPEC §5)."""
+    unlearned = {s: acc[accuracy_key("unlearned", s)] for s in SETS}
+    oracle = {s: acc[accuracy_key("oracle", s)] for s in SETS}
+    return {
+        "tow": tug_of_war(unlearned, oracle),
+        "tow_abs": tug_of_war(unlearned, oracle, absolute=True),
+        "ua": 1.0 - unlearned["forget"],
+        "ra": unlearned["retain"],
+        "ta": unlearned["test"],
+        "rte_s": rte_s,
+    }
+
+
+@dataclass
+class Artefacts:
+    """The cached stages one job works from (SPEC §0)."""
+
+    pretrained: Path
+    split: Path
+    oracle: Path
+    forget_indices: np.ndarray
+    test_indices: np.ndarray | None
+    scores: np.ndarray | None = None
+    scores_entry: Path | None = None
+
+
+def check_inputs(cfg: DictConfig) -> ImageSource:
+    """Everything that can be checked before any training: config values, the data on disk, the
+    forget-set size and a score file. Returns the data source."""
+    validate_config(cfg)
+    try:
+        source = build_source(cfg.dataset)
+    except InstantiationException as exc:  # a dataset constructor's DataConfigError, unwrapped
+        raise unwrap_user_error(exc) from None
+    source.check()
+    if "size" in cfg.split:
+        forget_count(cfg.split.size, len(source.targets("train")))
+    if stages.uses_scores(cfg) and cfg.memorization.source == "file":
+        mem = cfg.memorization
+        stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
+    return source
+
+
+def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Artefacts:
+    """Pretraining, memorization scores (if the split needs them), the split and the oracle, each
+    computed once per key and reused by every later job."""
+    keys = stage_configs(cfg)
+    pretrained = cache.get_or_compute(
+        "pretrain",
+        keys["pretrain"],
+        lambda d: stages.train_from_scratch(cfg, source, None, "train", d),
+    )
+    scores = scores_entry = None
+    if stages.uses_scores(cfg):
+        scores_entry = cache.get_or_compute(
+            "memorization",
+            keys["memorization"],
+            lambda d: stages.compute_memorization(cfg, source, d),
+        )
+        with np.load(scores_entry / stages.SCORES_FILE) as data:
+            scores = data["scores"]
+    split = cache.get_or_compute(
+        "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, scores, d)
+    )
+    forget = np.load(split / stages.FORGET_FILE)
+    test_file = split / stages.TEST_FILE
+    oracle = cache.get_or_compute(
+        "oracle",
+        keys["oracle"],
+        lambda d: stages.train_from_scratch(cfg, source, forget, "retain", d),
+    )
+    test = np.load(test_file) if test_file.is_file() else None
+    return Artefacts(pretrained, split, oracle, forget, test, scores, scores_entry)
+
+
+class Unlearned(NamedTuple):
+    """The unlearning stage's outcome: model, RTE in seconds, ``ok``/``diverged`` and the step
+    of divergence (``None`` unless diverged)."""
+
+    net: nn.Module
+    rte_s: float
+    status: str
+    diverged_at_step: int | None = None
+
+
+#: top-level config keys that do not change the unlearned model (its key in the output dir)
+NOT_UNLEARNING = ("paths", "logger", "eval", "optimized_metric", "hydra")
+
+
+def unlearning_stage(
+    cfg: DictConfig,
+    source: ImageSource,
+    cache: StageCache,
+    art: Artefacts,
+    loggers: list,
+    out: Path,
+    key_cfg: DictConfig | None = None,
+) -> Unlearned:
+    """The unlearned model, its RTE in seconds and the status. ``retrain`` is served by the
+    oracle stage; methods that split the model get their (cached) forget mask.
+
+    The unlearned model is kept like a cache entry in the job's output directory,
+    ``<out>/unlearn/<key>/`` (checkpoints in ``<key>.partial/`` while it runs): a rerun with the
+    same output directory (``hydra.run.dir=...``) resumes an interrupted unlearning from its last
+    epoch, or reuses the finished model if the job died later (docs/pipeline.md). The entry is
+    keyed by ``key_cfg`` (default ``cfg``): the job's config as written, where
+    ``eval_batch_size`` may still read ``auto`` while ``cfg`` holds the resolved integer."""
+    if stages.is_from_scratch(cfg):
+        log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
+        return Unlearned(
+            stages.load_model(cfg, art.oracle), float(StageCache.meta(art.oracle)["seconds"]), "ok"
+        )
+    mask = None
+    if stages.needs_forget_mask(cfg):
+        mask = cache.get_or_compute(
+            "mask",
+            stage_configs(cfg)["mask"],
+            lambda d: stages.compute_forget_mask(
+                cfg, source, art.forget_indices, art.pretrained, d
+            ),
+        )
+    log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
+    written = key_cfg if key_cfg is not None else cfg
+    key = {k: v for k, v in _determining(written).items() if k not in NOT_UNLEARNING}
+    key["version"] = CACHE_VERSION
+    entry = distributed.stage_cache(out).get_or_compute(
+        "unlearn",
+        key,
+        lambda d: stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, d, mask),
+    )
+    meta = StageCache.meta(entry)
+    return Unlearned(
+        stages.load_model(cfg, entry), meta["rte_s"], meta["status"], meta["diverged_at_step"]
+    )
+
+
+def split_metrics(art: Artefacts) -> dict[str, float]:
+    """What the split stage recorded (memorization means and overlaps, noisy samples in F)."""
+    metrics = {
+        f"split/{name}": float(value)
+        for name, value in StageCache.meta(art.split).items()
+        if name.startswith(("overlap_", "mean_mem", "n_noisy"))
+    }
+    if art.scores_entry is not None:
+        metrics["split/mem_is_proxy"] = float(StageCache.meta(art.scores_entry).get("is_proxy", 0))
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole pipeline for one config; return the ``results.json`` payload."""
+    source = check_inputs(cfg)
+    # with a ddp trainer every rank runs the job; its ranks start here
+    # (unlearning.pipeline.distributed)
+    with distributed.session(cfg):
+        return _run_checked(cfg, source)
+
+
+def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
+    """:func:`run` after the start-up checks, in every rank of a multi-process job; only rank 0
+    evaluates and writes outputs.
+
+    ``cfg`` is the config as written (``results.json`` records it, so that a rerun recognises
+    the job); the stages and the evaluation get ``job``, the same config with
+    ``eval_batch_size`` resolved to an integer (:func:`resolve_eval_batch_size`)."""
+    job = resolve_eval_batch_size(cfg, source)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache = distributed.stage_cache(cfg.paths.cache_dir)
+    art = cached_stages(job, source, cache)
+    loggers = [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    outcome = unlearning_stage(job, source, cache, art, loggers, output_dir, key_cfg=cfg)
+    unlearned, rte_s, status = outcome.net, outcome.rte_s, outcome.status
+    distributed.end_collectives()  # training is over: rank 0 evaluates and writes alone
+    if not distributed.is_rank_zero():
+        return {"status": status, "config": OmegaConf.to_container(cfg), "metrics": {}}
+    faults.inject("evaluate", 0)
+
+    data = UnlearningDataModule(
+        source,
+        art.forget_indices,
+        eval_batch_size=job.eval_batch_size,
+        num_workers=cfg.num_workers,
+        test_indices=art.test_indices,
+    )
+    device = evaluation_device(job)
+    models = {
+        "original": stages.load_model(job, art.pretrained).to(device),
+        "oracle": stages.load_model(job, art.oracle).to(device),
+        "unlearned": unlearned.to(device),
+    }
+    # one store per job: the accuracies and the evaluation suite read the same forward passes
+    store = OutputStore(models, data, source.num_classes, needs=output_needs(job))
+    metrics: dict[str, float] = evaluate(store)
+    metrics.update(derived_metrics(metrics, rte_s))
+    metrics["split/n_forget"] = float(data.set_size("forget"))
+    metrics["split/n_retain"] = float(data.set_size("retain"))
+    metrics.update(split_metrics(art))
+    if art.scores is not None:
+        plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
+    evaluation = run_evaluations(
+        job,
+        models,
+        data,
+        output_dir,
+        metrics,
+        unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
+        cache=cache,
+        klom_key=stage_configs(job)["klom_oracles"],
+        store=store,
+    )
+    del store  # the outputs are no longer needed
+    metrics.update(evaluation.metrics)
+
+    publish(loggers, metrics, status, sorted(output_dir.glob("*.png")))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_results(
+        output_dir / "results.json",
+        status,
+        config,
+        metrics,
+        evaluation.notes,
+        diverged_at_step=outcome.diverged_at_step,
+    )
+    title = (
+        f"method={cfg.method.name} optim={cfg.optim.name} alpha={cfg.alpha} "
+        f"dataset={cfg.dataset.name} split={cfg.split.name} "
+        f"|F|={int(metrics['split/n_forget'])} status={status}"
+    )
+    print(summary_table(metrics, title) + f"\nresults: {output_dir / 'results.json'}", flush=True)
+    return {"status": status, "config": config, "metrics": metrics, "notes": evaluation.notes}
