@@ -45,7 +45,7 @@ from unlearning.pipeline.cache import StageCache
 log = logging.getLogger(__name__)
 
 #: the documented entry point that every rank runs (``config_path="conf"`` next to it)
-ENTRY = Path(__file__).resolve().parents[1] / "train.py"
+ENTRY = Path(__file__).resolve().parents[2] / "train.py"
 #: cached stages that run ``trainer.fit`` and so need every rank (the others run on rank 0)
 COLLECTIVE_STAGES = frozenset({"pretrain", "oracle", "unlearn"})
 #: environment variable naming the coordination store's port (default ``MASTER_PORT + 1``)
