@@ -534,7 +534,11 @@ class SharpnessAwareCallback(Callback):
 
     Refused with a clear error: ``trainer.accumulate_grad_batches > 1`` (the second pass needs
     the whole batch again), manual optimization, and the DeepSpeed/FSDP/model-parallel/XLA
-    strategies (sharded or fused steps the callback cannot re-run).
+    strategies (sharded or fused steps the callback cannot re-run). After the first training
+    batch the callback checks that its wrapped step ran
+    (:func:`callbacks.lightning_compat.check_step_routed`), so a Lightning version that routes
+    steps elsewhere stops the fit instead of training without SAM; a module whose own
+    ``optimizer_step`` hook skips ``optimizer.step`` on the very first batch is refused too.
 
     Memory: ê is computed in place in the first pass's ``.grad`` tensors; ``w`` is saved in one
     model-sized buffer kept for the whole fit (reused each step, freed at the end), plus one more
