@@ -45,7 +45,9 @@ perturbs, runs the second pass (BatchNorm running statistics, ``self.log`` and t
 states frozen), restores ``w`` and forms the step direction. The precision plugin then runs its
 usual ``on_before_optimizer_step`` hooks and gradient clipping on that final gradient, and the
 real torch optimizer steps once, so LR schedulers, the AMP grad scaler and checkpointing see an
-ordinary optimizer.
+ordinary optimizer. The Lightning and torchmetrics internals this relies on (the closure's
+stored result, the step's route through the strategy, torchmetrics' private state) are reached
+through :mod:`callbacks.lightning_compat`, which fails loudly when an upgrade moves them.
 
 The pure functions :func:`perturbation`, :func:`step_direction`, :func:`perturbed`,
 :func:`frozen_running_stats` and :func:`sharpness_aware_grad` compute the same quantities without
@@ -64,7 +66,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loops.optimization.automatic import Closure
 from lightning.pytorch.strategies import (
     DeepSpeedStrategy,
     FSDPStrategy,
@@ -74,6 +75,9 @@ from lightning.pytorch.strategies import (
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
+from torchmetrics import Metric
+
+from callbacks import lightning_compat as compat
 
 __all__ = [
     "ADAPTIVE_PARAMS",
@@ -422,38 +426,20 @@ def _no_log(*args: Any, **kwargs: Any) -> None:
     """Stands in for ``LightningModule.log``/``log_dict`` during SAM's second pass."""
 
 
-def _metric_modules(module: nn.Module) -> list[nn.Module]:
-    try:
-        from torchmetrics import Metric
-    except ImportError:  # pragma: no cover - torchmetrics ships with Lightning
-        return []
+def _metric_modules(module: nn.Module) -> list[Metric]:
     return [m for m in module.modules() if isinstance(m, Metric)]
 
 
-def _copy_state(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.clone()
-    if isinstance(value, list):
-        return list(value)
-    return value
-
-
-_METRIC_BOOKKEEPING = ("_update_count", "_computed", "_forward_cache")
-
-
 @contextmanager
-def _first_pass_only_logging(module: nn.Module, metrics: Sequence[nn.Module]) -> Iterator[None]:
+def _first_pass_only_logging(module: nn.Module, metrics: Sequence[Metric]) -> Iterator[None]:
     """Make the block invisible to logging: SPEC §1, metrics come from the first pass only.
 
     ``module.log``/``module.log_dict`` become no-ops (also for callbacks logging through the
     module in ``on_after_backward`` etc.), and the states of torchmetrics ``Metric`` submodules
-    (updated by e.g. ``self.acc(preds, y)`` in ``training_step``) are restored on exit.
+    (updated by e.g. ``self.acc(preds, y)`` in ``training_step``) are restored on exit
+    (:func:`callbacks.lightning_compat.metric_state`).
     """
-    saved_metrics = []
-    for metric in metrics:
-        names = [*getattr(metric, "_defaults", {}), *_METRIC_BOOKKEEPING]
-        state = {n: _copy_state(getattr(metric, n)) for n in names if hasattr(metric, n)}
-        saved_metrics.append((metric, state))
+    saved_metrics = [(metric, compat.metric_state(metric)) for metric in metrics]
     saved_attrs = {name: module.__dict__.get(name, _MISSING) for name in _LOG_METHODS}
     for name in _LOG_METHODS:
         object.__setattr__(module, name, _no_log)
@@ -466,8 +452,7 @@ def _first_pass_only_logging(module: nn.Module, metrics: Sequence[nn.Module]) ->
             else:
                 object.__setattr__(module, name, value)
         for metric, state in saved_metrics:
-            for name, value in state.items():
-                object.__setattr__(metric, name, value)
+            compat.restore_metric_state(metric, state)
 
 
 def _ddp_model(trainer: pl.Trainer) -> DistributedDataParallel | None:
@@ -549,7 +534,11 @@ class SharpnessAwareCallback(Callback):
 
     Refused with a clear error: ``trainer.accumulate_grad_batches > 1`` (the second pass needs
     the whole batch again), manual optimization, and the DeepSpeed/FSDP/model-parallel/XLA
-    strategies (sharded or fused steps the callback cannot re-run).
+    strategies (sharded or fused steps the callback cannot re-run). After the first training
+    batch the callback checks that its wrapped step ran
+    (:func:`callbacks.lightning_compat.check_step_routed`), so a Lightning version that routes
+    steps elsewhere stops the fit instead of training without SAM; a module whose own
+    ``optimizer_step`` hook skips ``optimizer.step`` on the very first batch is refused too.
 
     Memory: ê is computed in place in the first pass's ``.grad`` tensors; ``w`` is saved in one
     model-sized buffer kept for the whole fit (reused each step, freed at the end), plus one more
@@ -587,8 +576,9 @@ class SharpnessAwareCallback(Callback):
         self.adaptive_params = _validate_choice(
             adaptive_params, ADAPTIVE_PARAMS, f"{_SHARPNESS_KEY}.adaptive_params"
         )
-        self._strategy: Any = None
-        self._previous_step: Any = _MISSING
+        self._restore_step: Callable[[], None] | None = None
+        self._step_ran = False  # whether the installed step ran (checked after the first batch)
+        self._routing_checked = False
         self._flags: dict[int, bool] = {}
         self._norm_layers: list[nn.Module] = []
         self._metrics: list[nn.Module] = []
@@ -688,7 +678,22 @@ class SharpnessAwareCallback(Callback):
                 f"set trainer.accumulate_grad_batches=1 (got {trainer.accumulate_grad_batches})."
             )
 
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """After the first batch: check that Lightning ran the installed step (a loud error, not
+        a fit that silently trains without SAM, if a Lightning upgrade reroutes the step)."""
+        if not self._routing_checked:
+            self._routing_checked = True
+            compat.check_step_routed(self._step_ran, type(self).__name__)
+
     def _install(self, trainer: pl.Trainer) -> None:
+        """Wrap ``trainer.strategy.optimizer_step`` (``compat.install_optimizer_step``)."""
         strategy = trainer.strategy
         base_step = strategy.optimizer_step
         if isinstance(getattr(base_step, "sharpness_callback", None), SharpnessAwareCallback):
@@ -697,7 +702,6 @@ class SharpnessAwareCallback(Callback):
                 f"{base_step.sharpness_callback!r} and {self!r}"
             )
         self._uninstall()
-        self._previous_step = strategy.__dict__.get("optimizer_step", _MISSING)
 
         def optimizer_step(
             optimizer: torch.optim.Optimizer,
@@ -705,26 +709,20 @@ class SharpnessAwareCallback(Callback):
             model: Any = None,
             **kwargs: Any,
         ) -> Any:
+            self._step_ran = True
             return self._sharpness_step(trainer, base_step, optimizer, closure, model, **kwargs)
 
         optimizer_step.sharpness_callback = self  # type: ignore[attr-defined]
-        strategy.optimizer_step = optimizer_step
-        self._strategy = strategy
+        self._step_ran = self._routing_checked = False
+        self._restore_step = compat.install_optimizer_step(strategy, optimizer_step)
 
     def _uninstall(self) -> None:
         self._saved_store.clear()
         self._grad_store.clear()
         self._stats_store.clear()
-        strategy, self._strategy = self._strategy, None
-        if strategy is None:
-            return
-        current = strategy.__dict__.get("optimizer_step")
-        if getattr(current, "sharpness_callback", None) is self:
-            if self._previous_step is _MISSING:
-                del strategy.optimizer_step
-            else:
-                strategy.optimizer_step = self._previous_step
-        self._previous_step = _MISSING
+        restore, self._restore_step = self._restore_step, None
+        if restore is not None:
+            restore()
 
     def _first_pass_context(self, trainer: pl.Trainer) -> AbstractContextManager[Any]:
         ddp = _ddp_model(trainer)
@@ -743,7 +741,7 @@ class SharpnessAwareCallback(Callback):
         self._check_accumulation(trainer)
         with self._first_pass_context(trainer):
             first_loss = closure()
-        first_result = closure._result if isinstance(closure, Closure) else None
+        first_result = compat.closure_result(closure)  # None unless Lightning's own closure
         params = [p for group in optimizer.param_groups for p in group["params"]]
         params = [p for p in params if p.grad is not None]
         if first_loss is None or not params:
@@ -788,8 +786,7 @@ class SharpnessAwareCallback(Callback):
                             p.grad = g * 2.0
                         else:
                             p.grad.neg_().add_(g, alpha=2.0)
-            if first_result is not None:
-                closure._result = first_result  # outputs and logged loss: the first pass
+            compat.set_closure_result(closure, first_result)  # outputs, logged loss: 1st pass
             return first_loss
 
         return base_step(optimizer, second_pass, model, **kwargs)

@@ -170,27 +170,64 @@ class UnlearningDataModule(L.LightningDataModule):
         tensor batches without workers are served by :class:`DirectBatches`: the same batches and
         RNG draws without the DataLoader's per-batch machinery."""
         part = "test" if name == "test" else "train"
-        rows = self._rows(name)
-        if positions is not None:
-            positions = np.asarray(positions, dtype=np.int64)
-            rows = positions if rows is None else rows[positions]
+        rows = self._rows_at(name, positions)
         tensors = self.source.in_memory(part, augment) if self.use_in_memory else None
         device = self.device_for(tensors is not None)
         num_workers = self.num_workers if device.type == "cpu" else 0
-        if tensors is not None:
-            x, y = self._tensors_on(part, augment, tensors, device)
-            ids = torch.arange(len(y)) if rows is None else torch.from_numpy(rows)
-            ids = ids.to(device)
-            if rows is not None and not np.array_equal(rows, np.arange(len(y))):
-                x, y = x[ids], y[ids]  # a subset (S itself needs no copy)
-            transform = self.source.batch_augment() if augment else None
-            data: Dataset = TensorBatches(x, y, ids if with_ids else None, transform)
-            collate = keep_batch
+        if tensors is None:
+            data = self._sample_dataset(name, augment, rows, with_ids)
         else:
-            data, collate = self._subset(name, augment, rows), None
-            if with_ids:
-                data = WithSampleIds(data, range(len(data)) if rows is None else rows.tolist())
-        if direct and collate is keep_batch and num_workers == 0:
+            data = self._tensor_batches(part, augment, rows, tensors, device, with_ids)
+        return self._batched(data, batch_size, shuffle, num_workers, direct)
+
+    def _rows_at(self, name: str, positions: np.ndarray | None) -> np.ndarray | None:
+        """Indices in its part of set ``name``'s samples at ``positions`` (all when ``None``;
+        ``None`` = all of D_test)."""
+        rows = self._rows(name)
+        if positions is None:
+            return rows
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions if rows is None else rows[positions]
+
+    def _tensor_batches(
+        self,
+        part: str,
+        augment: bool,
+        rows: np.ndarray | None,
+        tensors: tuple[torch.Tensor, ...],
+        device: torch.device,
+        with_ids: bool,
+    ) -> TensorBatches:
+        """The in-memory ``rows`` of ``part`` on ``device``, fetched a batch at a time, with the
+        source's batched train augmentation when ``augment``."""
+        x, y = self._tensors_on(part, augment, tensors, device)
+        ids = torch.arange(len(y)) if rows is None else torch.from_numpy(rows)
+        ids = ids.to(device)
+        if rows is not None and not np.array_equal(rows, np.arange(len(y))):
+            x, y = x[ids], y[ids]  # a subset (S itself needs no copy)
+        transform = self.source.batch_augment() if augment else None
+        return TensorBatches(x, y, ids if with_ids else None, transform)
+
+    def _sample_dataset(
+        self, name: str, augment: bool, rows: np.ndarray | None, with_ids: bool
+    ) -> Dataset:
+        """Set ``name``'s ``rows`` fetched one sample at a time (a source without tensors, or
+        ``in_memory=False``), with each sample's index in its part appended for ``with_ids``."""
+        data = self._subset(name, augment, rows)
+        if with_ids:
+            data = WithSampleIds(data, range(len(data)) if rows is None else rows.tolist())
+        return data
+
+    @staticmethod
+    def _batched(
+        data: Dataset, batch_size: int, shuffle: bool, num_workers: int, direct: bool
+    ) -> DataLoader:
+        """The loader class for ``data``: :class:`DirectBatches` for tensor batches without
+        workers when ``direct``; else a ``DataLoader`` (``keep_batch`` passes tensor batches
+        through, per-sample items are collated), its workers kept across epochs when it
+        shuffles (a training loader)."""
+        batches = isinstance(data, TensorBatches)
+        if direct and batches and num_workers == 0:
             return DirectBatches(data, batch_size, shuffle)
         return DataLoader(
             data,
@@ -198,7 +235,7 @@ class UnlearningDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=num_workers,
             persistent_workers=num_workers > 0 and shuffle,
-            collate_fn=collate,
+            collate_fn=keep_batch if batches else None,
         )
 
     def device_for(self, in_memory: bool) -> torch.device:

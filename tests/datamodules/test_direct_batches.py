@@ -117,3 +117,30 @@ def test_through_a_trainer_direct_batches_give_the_dataloaders_batches_and_rng()
     """Lightning treats the two alike (it probes non-DataLoader iterables with an extra
     ``iter()``, which would shift every draw): same batches, same RNG state, epoch by epoch."""
     assert _fit_records(direct=True) == _fit_records(direct=False)
+
+
+@pytest.mark.parametrize(
+    ("in_memory", "direct", "workers", "expected"),
+    [
+        (True, True, 0, "direct"),  # one process, tensors, no workers
+        (True, False, 0, "tensor DataLoader"),  # under DDP: the trainer shards a DataLoader
+        (True, True, 1, "tensor DataLoader"),  # workers need the DataLoader's machinery
+        (False, True, 0, "sample DataLoader"),  # per-sample fetches and collate
+    ],
+)
+def test_the_loader_choice(in_memory, direct, workers, expected):
+    data = UnlearningDataModule(
+        Digits(), np.arange(20), ("retain",), 16, num_workers=workers, in_memory=in_memory
+    )
+    loader = data.loader("retain", 16, True, False, with_ids=True, direct=direct)
+    assert (type(loader) is DirectBatches) == (expected == "direct")
+    assert isinstance(loader.dataset, TensorBatches) == expected.startswith(("direct", "tensor"))
+    if expected != "direct":
+        assert type(loader) is DataLoader
+        assert (loader.collate_fn is keep_batch) == (expected == "tensor DataLoader")
+        assert loader.persistent_workers == (workers > 0)
+    eval_loader = data.loader("forget", 4, False, False, with_ids=True, positions=[5, 0, 7])
+    x, y, ids = next(iter(eval_loader))
+    assert ids.tolist() == [5, 0, 7]  # the forget set is S[0:20]: positions are indices in S
+    expected_x = torch.stack([Digits().dataset("train", augment=False)[i][0] for i in (5, 0, 7)])
+    assert torch.equal(x, expected_x) and len(y) == 3

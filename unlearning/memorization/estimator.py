@@ -21,8 +21,10 @@ Layers of this module:
   (members spread over worker processes, one thread each). Member k's initialisation and
   mini-batch order derive from ``(seed, k)`` only, so every strategy trains the same member k
   (identical up to float round-off);
-* :func:`estimate_memorization` — the whole estimate with progress, ETA and resume from a
-  ``work_dir`` of finished members.
+* :func:`estimate_memorization` — the whole estimate: the subsets, resume from a ``work_dir`` of
+  finished members (:mod:`unlearning.memorization.member_store`), training the missing ones
+  with progress and ETA (:mod:`unlearning.memorization.progress`), the scores;
+* :func:`save_score_file` / :func:`load_score_file` — the scores as an ``.npz`` file.
 
 See ``docs/memorization.md`` for the choice of K, the strategies' measured speed and the format
 of a precomputed score file.
@@ -32,13 +34,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearning.memorization.member_store import MemberStore
+from unlearning.memorization.progress import Progress
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("vmap", "sequential", "processes", "auto")
-META_FILE = "memorization_meta.json"
-ROW_PATTERN = "member_{:06d}.npy"
 
 # Spawn-key purposes of the per-member seed sequences (see :func:`_seed_sequence`).
 _SUBSET, _INIT, _ORDER = 0, 1, 2
@@ -436,7 +439,7 @@ def _train_processes(
 
 
 # --------------------------------------------------------------------------------------------
-# Resume: one row file per finished member
+# Resume: one row file per finished member (unlearning.memorization.member_store)
 # --------------------------------------------------------------------------------------------
 
 
@@ -449,79 +452,6 @@ def _fingerprint(make_model: Callable[[], nn.Module], x: torch.Tensor, y: torch.
     h.update(x[::step].detach().cpu().float().contiguous().numpy().tobytes())
     h.update(repr(init_member(make_model, 0, 0)).encode())
     return h.hexdigest()[:16]
-
-
-def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> None:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / META_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != meta:
-            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-            raise ValueError(
-                f"{work_dir} holds members of a different estimate (differs in {diff}); "
-                "use an empty work_dir for these settings"
-            )
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _save_row(work_dir: Path, member: int, pred: np.ndarray) -> None:
-    path = work_dir / ROW_PATTERN.format(member)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, pred)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _load_row(work_dir: Path, member: int, n: int) -> np.ndarray | None:
-    path = work_dir / ROW_PATTERN.format(member)
-    if not path.is_file():
-        return None
-    try:
-        row = np.load(path)
-    except (OSError, ValueError):  # a damaged file (not from us: writes are atomic) → retrain
-        log.warning("memorization: unreadable %s, retraining member %d", path, member)
-        return None
-    return row if row.shape == (n,) else None
-
-
-class _Progress:
-    """Members done / K with an ETA: a tqdm bar (if wanted) plus log lines every ~10 %."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.total, self.done, self.start_done = total, initial, initial
-        self.t0 = time.perf_counter()
-        self.next_log = initial + max(1, total // 10)
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="memorization", unit="member")
-
-    def update(self, k: int) -> None:
-        self.done += k
-        if self.bar is not None:
-            self.bar.update(k)
-        if self.done >= self.next_log or self.done == self.total:
-            self.next_log = self.done + max(1, self.total // 10)
-            rate = (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info(
-                "memorization: %d/%d members, %.2f members/s, ETA %.0f s",
-                self.done,
-                self.total,
-                rate,
-                eta,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +560,7 @@ def estimate_memorization(
             (``member_<k>.npy``, temp file + ``os.replace``); a rerun (also with more members)
             loads them and trains only the missing members. The directory is tied to the data,
             model and training settings (``memorization_meta.json``), not to ``members`` or
-            ``strategy``.
+            ``strategy`` (:class:`~unlearning.memorization.member_store.MemberStore`).
         progress: show a progress bar (members done / K, ETA) and log a line every ~10 %.
         device: where to train (default: ``x.device``).
         threads: if given, ``torch.set_num_threads(threads)`` for the duration of the call
@@ -648,57 +578,32 @@ def estimate_memorization(
     dev = torch.device(device) if device is not None else x.device
     resolved = resolve_strategy(strategy, dev)
     masks = subset_masks(n, members, fraction, seed)
-    y_np = y.cpu().numpy()
-    preds = np.full((members, n), -1, dtype=np.int64)
-    have = np.zeros(members, dtype=bool)
-
-    wd = Path(work_dir) if work_dir is not None else None
-    if wd is not None:
-        meta = {**asdict(cfg), "fraction": fraction, "n": n}
-        meta.pop("eval_batch_size")
-        meta["fingerprint"] = _fingerprint(make_model, x, y)
-        _prepare_work_dir(wd, meta)
-        for k in range(members):
-            row = _load_row(wd, k, n)
-            if row is not None:
-                preds[k], have[k] = row, True
+    store = None
+    if work_dir is not None:
+        store = MemberStore(work_dir, _store_meta(make_model, x, y, cfg, fraction))
+    preds, have = _finished_members(store, members, n)
     todo = [k for k in range(members) if not have[k]]
-    if have.any():
-        log.info("memorization: %d/%d members loaded from %s", have.sum(), members, wd)
-
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    bar = _Progress(members, int(have.sum()), progress and bool(todo))
-    stream = train_members(
-        make_model,
-        x,
-        y,
-        todo,
-        masks[todo],
-        cfg,
-        strategy=resolved,
-        chunk_size=chunk_size,
-        workers=workers,
-        device=dev,
-    )
-    try:
-        for ids, logits in stream:
-            rows = logits.argmax(-1).numpy()
-            for k, row in zip(ids, rows):
-                preds[k], have[k] = row, True
-                if wd is not None:
-                    _save_row(wd, k, row.astype(np.int32))
-            bar.update(len(ids))
-            if callback is not None:
-                callback(int(have.sum()), members)
-    finally:
-        stream.close()  # stops worker processes early if a callback raised
-        bar.close()
-        if threads is not None:
-            torch.set_num_threads(old_threads)
-
-    correct = preds == y_np[None, :]
+    with _torch_threads(threads):
+        _train_missing(
+            train_members(
+                make_model,
+                x,
+                y,
+                todo,
+                masks[todo],
+                cfg,
+                strategy=resolved,
+                chunk_size=chunk_size,
+                workers=workers,
+                device=dev,
+            ),
+            preds,
+            have,
+            store,
+            Progress(members, int(have.sum()), progress and bool(todo)),
+            callback,
+        )
+    correct = preds == y.cpu().numpy()[None, :]
     scores, stderr = memorization_from_matrices(masks, correct)
     result = MemorizationResult(
         scores=scores,
@@ -711,19 +616,95 @@ def estimate_memorization(
         seconds=time.perf_counter() - t0,
         strategy=resolved,
     )
+    _log_result(result)
+    return result
+
+
+def _store_meta(
+    make_model: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    fraction: float,
+) -> dict[str, Any]:
+    """What determines a member's predictions, the key of a work directory: the training recipe
+    (not ``eval_batch_size``), the subset fraction, |S| and a fingerprint of data and model."""
+    meta = {**asdict(cfg), "fraction": fraction, "n": len(y)}
+    meta.pop("eval_batch_size")
+    meta["fingerprint"] = _fingerprint(make_model, x, y)
+    return meta
+
+
+def _finished_members(
+    store: MemberStore | None, members: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(preds, have)``: the ``(members, n)`` predicted labels (−1 where unknown) and which
+    members finished, as loaded from ``store`` (none without a store)."""
+    preds = np.full((members, n), -1, dtype=np.int64)
+    have = np.zeros(members, dtype=bool)
+    if store is not None:
+        for k in range(members):
+            row = store.load(k, n)
+            if row is not None:
+                preds[k], have[k] = row, True
+    if have.any():
+        log.info("memorization: %d/%d members loaded from %s", have.sum(), members, store.work_dir)
+    return preds, have
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block (unchanged for ``None``)."""
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+
+
+def _train_missing(
+    stream: Iterator[tuple[list[int], torch.Tensor]],
+    preds: np.ndarray,
+    have: np.ndarray,
+    store: MemberStore | None,
+    bar: Progress,
+    callback: Callable[[int, int], None] | None,
+) -> None:
+    """Record each chunk of members ``stream`` (:func:`train_members`) yields: its predicted
+    labels into ``preds``/``have`` and ``store``, then the progress and ``callback``. The
+    stream is closed however this ends (which stops worker processes if a callback raised)."""
+    try:
+        for ids, logits in stream:
+            rows = logits.argmax(-1).numpy()
+            for k, row in zip(ids, rows):
+                preds[k], have[k] = row, True
+                if store is not None:
+                    store.save(k, row.astype(np.int32))
+            bar.update(len(ids))
+            if callback is not None:
+                callback(int(have.sum()), len(have))
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+        bar.close()
+
+
+def _log_result(result: MemorizationResult) -> None:
+    """Warn about undefined scores; log the members, strategy, time and mean score."""
     if result.undefined:
         log.warning(
             "memorization: %d of %d samples were never in (or never out of) a subset; their "
             "score is NaN — use more members",
             result.undefined,
-            n,
+            len(result.scores),
         )
     log.info(
         "memorization: %d members (%d trained, strategy %s) in %.1f s; mean score %.3f",
-        members,
-        len(todo),
-        resolved,
+        result.members,
+        result.trained,
+        result.strategy,
         result.seconds,
-        float(np.nanmean(scores)),
+        float(np.nanmean(result.scores)),
     )
-    return result

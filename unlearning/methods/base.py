@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from callbacks.lightning_compat import HOOK_NAME_ATTRIBUTE, logs_this_step
+
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SCHEDULERS = ("constant", "cosine")
@@ -74,10 +76,11 @@ class UnlearningMethod(L.LightningModule):
         self.batch_size = batch_size
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` around every hook it calls (~45 times a training
+        # Lightning sets the running hook's name (`_current_fx_name`, a Lightning internal
+        # guarded in callbacks.lightning_compat) around every hook it calls (~45 times a training
         # step); nn.Module.__setattr__'s parameter/module/buffer checks make that ~0.2 ms a step,
         # a visible share of a small model's step (bench item 2). It is a plain attribute.
-        if name == "_current_fx_name":
+        if name == HOOK_NAME_ATTRIBUTE:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -140,11 +143,11 @@ class UnlearningMethod(L.LightningModule):
             self.log(f"train/{name}", value, batch_size=batch_size)
 
     def _logs_this_step(self) -> bool:
-        """Whether the trainer writes this training step's logged values to its loggers."""
-        connector = getattr(self._trainer, "_logger_connector", None)
-        # Lightning's own rule (every log_every_n_steps optimizer steps, and the last step
-        # before a stop); without a trainer (a bare call in a test) everything is logged
-        return connector is None or bool(connector.should_update_logs)
+        """Whether the trainer writes this training step's logged values to its loggers:
+        Lightning's own rule (every ``log_every_n_steps`` optimizer steps, and the last step
+        before a stop), read through :func:`callbacks.lightning_compat.logs_this_step`; without
+        a trainer (a bare call in a test) everything is logged."""
+        return logs_this_step(self)
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters handed to the optimizer."""

@@ -281,21 +281,16 @@ def plot(rows1: list[dict], rows2: list[dict], epsilons, alphas, path: Path) -> 
     return save_figure(fig, path)
 
 
-def run(
-    cfg: DictConfig,
-    lam: float = 0.1,
-    loss: str = "exp",
-    alphas: list[float] | None = None,
-    r_j: float = 50,
-    other_retain: float = 150,
-    other_forget: float = 100,
-    epsilons: list[float] | None = None,
-    alphas_2d: list[float] | None = None,
-    r_pair: float = 50,
-    other_retain_2d: float = 150,
-    other_forget_2d: float = 100,
-) -> dict[str, Any]:
-    """Run both parts; write ``logistic_da_{1d,2d}.csv``, ``logistic_da.png``, ``results.json``."""
+def _validate(
+    lam: Any,
+    loss: Any,
+    alphas: list[float] | None,
+    epsilons: list[float] | None,
+    alphas_2d: list[float] | None,
+    sizes: dict[str, Any],
+) -> tuple[list[float], list[float], list[float]]:
+    """Check every ``lab.*`` setting (before any work); return the α, ε and 2-D α grids, with
+    the defaults filled in (20 α in [0.05, 1], 9 ε in [0.1, 0.9])."""
     checks.positive("lam", lam, "0.1")
     checks.choice("loss", loss, LOSSES)
     alphas = checks.number_list(
@@ -307,20 +302,22 @@ def run(
     alphas_2d = checks.number_list(
         "alphas_2d", list(alphas_2d or np.round(np.linspace(0.05, 1.0, 20), 3)), 1e-6, 1e6, "[0.5]"
     )
-    for key, value in (("r_j", r_j), ("r_pair", r_pair)):
-        checks.positive(key, value, "50")
-    for key, value in (("other_retain", other_retain), ("other_forget", other_forget),
-                       ("other_retain_2d", other_retain_2d),
-                       ("other_forget_2d", other_forget_2d)):  # fmt: skip
-        checks.in_range(key, value, 0, 1e9, "50")
+    for key in ("r_j", "r_pair"):
+        checks.positive(key, sizes[key], "50")
+    for key in ("other_retain", "other_forget", "other_retain_2d", "other_forget_2d"):
+        checks.in_range(key, sizes[key], 0, 1e9, "50")
+    return alphas, epsilons, alphas_2d
 
-    rows1 = semi_orthogonal(alphas, r_j, other_retain, other_forget, lam, loss)
-    rows2 = correlated_2d(epsilons, alphas_2d, r_pair, other_retain_2d, other_forget_2d, lam, loss)
-    out = output_dir(cfg)
-    write_csv(out / "logistic_da_1d.csv", rows1)
-    write_csv(out / "logistic_da_2d.csv", rows2)
-    png = plot(rows1, rows2, epsilons, alphas_2d, out / "logistic_da.png")
 
+def lemma_metrics(rows1: list[dict], rows2: list[dict]) -> dict[str, float]:
+    """The lab's headline numbers from the semi-orthogonal (``rows1``) and 2-D (``rows2``) rows:
+
+    * ``lemma2/*``: how often Lemma 2's sign condition ``(w^DA − w^D)(w^D − w^R) ≥ 0`` holds
+      among the α with a DA stationary point, overall and inside its stated range α ≤ |F|/|R|;
+    * ``lemma5/max_abs_error``: Newton's solutions vs Lemma 5's Lambert-W closed forms;
+    * ``fig3/*``: the fraction of (ε, α) cells where DA is detrimental / has no solution;
+    * ``lemma11/holds_fraction``: D ≥ DA where α ≥ Lemma 11's bound α^{D>DA}.
+    """
     exists = [r for r in rows1 if r["da_exists"]]
     stated = [r for r in exists if r["stated_range"]]
     closed_err = [
@@ -330,7 +327,7 @@ def run(
         if math.isfinite(r[f"closed_{k}"]) and math.isfinite(r[f"w_{k}"])
     ]
     lemma11_rows = [r for r in rows2 if r["da_exists"] and r["alpha"] >= r["alpha_d_gt_da_lemma11"]]
-    metrics = {
+    return {
         "lemma2/holds_fraction": float(np.mean([r["lemma2_holds"] for r in exists]))
         if exists
         else math.nan,
@@ -346,6 +343,12 @@ def run(
         if lemma11_rows
         else math.nan,
     }
+
+
+def _summary(
+    metrics: dict[str, float], rows2: list[dict], epsilons: list[float], loss: str, lam: float
+) -> str:
+    """The printed summary: Lemmas 2, 5 and 11 and the detrimental α range per ε."""
     ranges = []
     for eps in epsilons:
         det = [r["alpha"] for r in rows2 if r["epsilon"] == eps and r["detrimental"] == 1]
@@ -361,4 +364,38 @@ def run(
         f"with a DA solution; Lemma 11 bound holds in {fmt(metrics['lemma11/holds_fraction'], 2)}",
         "α ranges where DA is detrimental: " + "; ".join(ranges),
     ]
-    return finish(cfg, metrics, [png], "\n".join(lines))
+    return "\n".join(lines)
+
+
+def run(
+    cfg: DictConfig,
+    lam: float = 0.1,
+    loss: str = "exp",
+    alphas: list[float] | None = None,
+    r_j: float = 50,
+    other_retain: float = 150,
+    other_forget: float = 100,
+    epsilons: list[float] | None = None,
+    alphas_2d: list[float] | None = None,
+    r_pair: float = 50,
+    other_retain_2d: float = 150,
+    other_forget_2d: float = 100,
+) -> dict[str, Any]:
+    """Run both parts; write ``logistic_da_{1d,2d}.csv``, ``logistic_da.png``, ``results.json``."""
+    sizes = dict(
+        r_j=r_j,
+        r_pair=r_pair,
+        other_retain=other_retain,
+        other_forget=other_forget,
+        other_retain_2d=other_retain_2d,
+        other_forget_2d=other_forget_2d,
+    )
+    alphas, epsilons, alphas_2d = _validate(lam, loss, alphas, epsilons, alphas_2d, sizes)
+    rows1 = semi_orthogonal(alphas, r_j, other_retain, other_forget, lam, loss)
+    rows2 = correlated_2d(epsilons, alphas_2d, r_pair, other_retain_2d, other_forget_2d, lam, loss)
+    out = output_dir(cfg)
+    write_csv(out / "logistic_da_1d.csv", rows1)
+    write_csv(out / "logistic_da_2d.csv", rows2)
+    png = plot(rows1, rows2, epsilons, alphas_2d, out / "logistic_da.png")
+    metrics = lemma_metrics(rows1, rows2)
+    return finish(cfg, metrics, [png], _summary(metrics, rows2, epsilons, loss, lam))

@@ -177,6 +177,95 @@ def plot(rows: list[dict[str, float]], signals: list[float], dims: list[int], pa
     return save_figure(fig, path)
 
 
+def _validate(
+    signal_strengths: list[float] | None, dims: list[int] | None, settings: dict[str, Any]
+) -> tuple[list[float], list[int]]:
+    """Check every ``lab.*`` setting (before any work); return the ‖μ‖ and d grids, with the
+    defaults filled in."""
+    signals = checks.number_list(
+        "signal_strengths", list(signal_strengths or [0.5, 1, 2, 4, 8]), 0, 1e6, "[1,2,4]"
+    )
+    dims = checks.number_list(
+        "dims", list(dims or [100, 300, 500, 700, 900, 1100]), 1, 1e6, "[100,600]", integer=True
+    )
+    for key, example in (
+        ("n_train", "50"),
+        ("n_test", "1000"),
+        ("width", "10"),
+        ("epochs", "100"),
+        ("unlearn_steps", "90"),
+        ("batch_size", "5"),
+        ("repeats", "20"),
+    ):
+        checks.positive(key, settings[key], example, integer=True)
+    for key, example in (
+        ("noise_std", "1.0"),
+        ("init_std", "0.01"),
+        ("lr", "0.1"),
+        ("unlearn_lr", "0.1"),
+    ):
+        checks.positive(key, settings[key], example)
+    checks.in_range("forget_weight", settings["forget_weight"], 0.0, 1.0, "0.3")
+    checks.in_range("fit_threshold", settings["fit_threshold"], 0.0, math.inf, "0.1")
+    checks.in_range("memorization_error", settings["memorization_error"], 0.0, 1.0, "0.1")
+    n_train, batch_size = settings["n_train"], settings["batch_size"]
+    if n_train < 2 * batch_size:
+        checks.in_range("batch_size", batch_size, 1, n_train // 2, str(max(1, n_train // 10)))
+    return signals, dims
+
+
+def grid(
+    signals: list[float],
+    dims: list[int],
+    *,
+    n_train: int,
+    n_test: int,
+    noise_std: float,
+    repeats: int,
+    fit_threshold: float,
+    memorization_error: float,
+    seed: int,
+    **training: Any,
+) -> list[dict[str, float]]:
+    """One row per cell (‖μ‖, d): the repeats' mean metrics of :func:`train_and_unlearn`
+    (``training`` are its keyword arguments), the forget loss's spread, the SNR
+    ``‖μ‖/(σ√d)`` and whether the cell lies in the memorization region (training loss ≤
+    ``fit_threshold``, test error ≥ ``memorization_error``, 003 §4.2)."""
+    rows = []
+    for d in dims:
+        for s in signals:
+            seeds = [seed * 100_003 + r for r in range(repeats)]
+            data = make_data(n_train, n_test, d, s, noise_std, seeds)
+            res = train_and_unlearn(*data, seed=seed, **training)
+            row = {"signal_strength": s, "dim": d, "snr": s / (noise_std * math.sqrt(d))}
+            row.update({k: float(v.mean()) for k, v in res.items()})
+            row["forget_loss_std"] = float(res["forget_loss"].std())
+            row["memorization"] = float(
+                row["train_loss"] <= fit_threshold and row["test_error"] >= memorization_error
+            )
+            rows.append(row)
+    return rows
+
+
+def _summary(metrics: dict[str, float], n_cells: int, repeats: int) -> str:
+    """The printed summary: the correlations and the forget loss in and out of the region."""
+    return "\n".join(
+        [
+            f"memorization vs forgetting (003 §4.2): {n_cells} cells × {repeats} repeats",
+            f"corr(memorization region, forget loss) = {fmt(metrics['memorization_forget_corr'])}"
+            f"   Spearman(test error, forget loss) = "
+            f"{fmt(metrics['test_error_forget_spearman'])}",
+            f"corr(test − train error, forget loss) = {fmt(metrics['gap_forget_corr'])}   "
+            f"corr(test − train error, forget-loss increase) = "
+            f"{fmt(metrics['gap_forget_increase_corr'])}",
+            f"memorization cells {fmt(metrics['frac_memorization_cells'], 2)}; mean forget loss "
+            f"there {fmt(metrics['forget_loss_in_memorization'])} vs elsewhere "
+            f"{fmt(metrics['forget_loss_elsewhere'])}; mean train loss "
+            f"{fmt(metrics['mean_train_loss'])}",
+        ]
+    )
+
+
 def run(
     cfg: DictConfig,
     signal_strengths: list[float] | None = None,
@@ -198,78 +287,15 @@ def run(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the (‖μ‖, d) grid; write ``memorization_forgetting.csv``/``.png``, ``results.json``."""
-    signals = checks.number_list(
-        "signal_strengths", list(signal_strengths or [0.5, 1, 2, 4, 8]), 0, 1e6, "[1,2,4]"
-    )
-    dims = checks.number_list(
-        "dims", list(dims or [100, 300, 500, 700, 900, 1100]), 1, 1e6, "[100,600]", integer=True
-    )
-    for key, value, example in (
-        ("n_train", n_train, "50"),
-        ("n_test", n_test, "1000"),
-        ("width", width, "10"),
-        ("epochs", epochs, "100"),
-        ("unlearn_steps", unlearn_steps, "90"),
-        ("batch_size", batch_size, "5"),
-        ("repeats", repeats, "20"),
-    ):
-        checks.positive(key, value, example, integer=True)
-    for key, value, example in (
-        ("noise_std", noise_std, "1.0"),
-        ("init_std", init_std, "0.01"),
-        ("lr", lr, "0.1"),
-        ("unlearn_lr", unlearn_lr, "0.1"),
-    ):
-        checks.positive(key, value, example)
-    checks.in_range("forget_weight", forget_weight, 0.0, 1.0, "0.3")
-    checks.in_range("fit_threshold", fit_threshold, 0.0, math.inf, "0.1")
-    checks.in_range("memorization_error", memorization_error, 0.0, 1.0, "0.1")
-    if n_train < 2 * batch_size:
-        checks.in_range("batch_size", batch_size, 1, n_train // 2, str(max(1, n_train // 10)))
-
-    rows = []
+    settings = dict(locals())
+    for name in ("cfg", "signal_strengths", "dims"):
+        settings.pop(name)
+    signals, dims = _validate(signal_strengths, dims, settings)
     with single_threaded():
-        for d in dims:
-            for s in signals:
-                seeds = [seed * 100_003 + r for r in range(repeats)]
-                data = make_data(n_train, n_test, d, s, noise_std, seeds)
-                res = train_and_unlearn(
-                    *data,
-                    width=width,
-                    init_std=init_std,
-                    epochs=epochs,
-                    lr=lr,
-                    unlearn_lr=unlearn_lr,
-                    unlearn_steps=unlearn_steps,
-                    batch_size=batch_size,
-                    forget_weight=forget_weight,
-                    seed=seed,
-                )
-                row = {"signal_strength": s, "dim": d, "snr": s / (noise_std * math.sqrt(d))}
-                row.update({k: float(v.mean()) for k, v in res.items()})
-                row["forget_loss_std"] = float(res["forget_loss"].std())
-                row["memorization"] = float(
-                    row["train_loss"] <= fit_threshold and row["test_error"] >= memorization_error
-                )
-                rows.append(row)
+        rows = grid(signals, dims, **settings)
     metrics = correlations(rows)
     metrics["mean_train_loss"] = float(np.mean([r["train_loss"] for r in rows]))
     out = output_dir(cfg)
     write_csv(out / "memorization_forgetting.csv", rows)
     png = plot(rows, signals, dims, out / "memorization_forgetting.png")
-    summary = "\n".join(
-        [
-            f"memorization vs forgetting (003 §4.2): {len(rows)} cells × {repeats} repeats",
-            f"corr(memorization region, forget loss) = {fmt(metrics['memorization_forget_corr'])}"
-            f"   Spearman(test error, forget loss) = "
-            f"{fmt(metrics['test_error_forget_spearman'])}",
-            f"corr(test − train error, forget loss) = {fmt(metrics['gap_forget_corr'])}   "
-            f"corr(test − train error, forget-loss increase) = "
-            f"{fmt(metrics['gap_forget_increase_corr'])}",
-            f"memorization cells {fmt(metrics['frac_memorization_cells'], 2)}; mean forget loss "
-            f"there {fmt(metrics['forget_loss_in_memorization'])} vs elsewhere "
-            f"{fmt(metrics['forget_loss_elsewhere'])}; mean train loss "
-            f"{fmt(metrics['mean_train_loss'])}",
-        ]
-    )
-    return finish(cfg, metrics, [png], summary)
+    return finish(cfg, metrics, [png], _summary(metrics, len(rows), repeats))

@@ -258,9 +258,15 @@ def run(
     out = output_dir(cfg)
     write_csv(out / "stability_frontier.csv", rows)
     png = plot(rows, out / "stability_frontier.png", n, alpha, eta, thm37_reading)
+    return finish(cfg, metrics, [png], _summary(rows, metrics, thm37_reading))
+
+
+def _summary(rows: list[dict[str, float]], metrics: dict[str, float], reading: str) -> str:
+    """The printed summary: each theorem's precision and recall against both outcomes, the
+    diverged fractions and the cells between the two bounds."""
     between = [(r["batch_size"], r["q"], round(r["sigma"], 1)) for r in rows if r["between_bounds"]]
     lines = [
-        f"stability frontier (003 §4.1): {len(rows)} cells, Thm 3.7 reading '{thm37_reading}'",
+        f"stability frontier (003 §4.1): {len(rows)} cells, Thm 3.7 reading '{reading}'",
         f"{'claim':<22} {'prec(sampled)':>13} {'rec(sampled)':>12} {'prec(E|w|²)':>11} "
         f"{'rec(E|w|²)':>10}",
     ]
@@ -276,4 +282,4 @@ def run(
         f"{int(metrics['n_claimed_by_both'])}"
     )
     lines.append(f"cells between the bounds (B, Q, σ): {between}")
-    return finish(cfg, metrics, [png], "\n".join(lines))
+    return "\n".join(lines)

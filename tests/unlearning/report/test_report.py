@@ -8,7 +8,9 @@ import sys
 import pytest
 from scipy import stats
 
-from unlearning.report.cli import main, mean_ci95
+from unlearning.report.cli import main
+from unlearning.report.plots import alpha_curves
+from unlearning.report.tables import load_jobs, mean_ci95
 
 ROWS = {  # (method, optim, split) -> ToW per seed
     ("neggrad", "sgd", "mem_high"): [0.80, 0.84, 0.82],
@@ -76,9 +78,19 @@ def test_alpha_sweep_gets_alpha_rows_and_an_alpha_curve(tmp_path):
     assert (tmp_path / "out" / "alpha_curve.png").stat().st_size > 1000
 
 
+def test_alpha_curves_keep_swept_methods_and_usable_jobs_only(tmp_path):
+    for alpha in (0.9, 0.99):
+        _write(tmp_path, "neggrad", "sam", "random", 0, alpha / 2, alpha=alpha)
+        _write(tmp_path, "neggrad", "sam", "random", 1, None, alpha=alpha, status="diverged")
+    _write(tmp_path, "minmax", "sam", "random", 0, 0.5, alpha=0.9)  # one alpha: no curve
+    _write(tmp_path, "ga", "sgd", "random", 0, 0.3, alpha=None)  # no alpha at all
+    curves = alpha_curves(load_jobs([tmp_path]), "tow")
+    assert curves == {("neggrad", "sam", "random"): {0.9: [0.45], 0.99: [0.495]}}
+
+
 def test_cli_refuses_a_directory_without_results(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "unlearning.report.cli", str(tmp_path)],
+        [sys.executable, "-m", "unlearning.report", str(tmp_path)],
         capture_output=True,
         text=True,
     )
