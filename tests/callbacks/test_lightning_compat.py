@@ -394,13 +394,6 @@ PRIVATE_NAMES = {
     "_forward_cache",
     "find_free_network_port",
 }
-#: Known uses waiting for a change in a file this branch does not own (issue 18, helper D's
-#: report: unlearning/pipeline/distributed.py `_free_port` should call
-#: `callbacks.lightning_compat.free_network_port()`); the lead removes this after merging.
-PENDING = {
-    ("unlearning/pipeline/distributed.py", "find_free_network_port"),
-    ("unlearning/pipeline/distributed.py", "lightning.fabric.plugins.environments.lightning"),
-}
 LIBRARY = ("callbacks", "datamodules", "unlearning", "bench", "train.py")
 
 
@@ -438,7 +431,7 @@ def test_no_other_module_touches_a_lightning_internal() -> None:
             if rel == "callbacks/lightning_compat.py":
                 continue
             uses |= {(rel, name) for name in _private_uses(path.read_text())}
-    assert uses - PENDING == set(), "use callbacks/lightning_compat.py for these"
+    assert uses == set(), "use callbacks/lightning_compat.py for these"
 
 
 def test_the_scan_finds_what_the_old_sharpness_code_did() -> None:

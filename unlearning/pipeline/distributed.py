@@ -324,9 +324,9 @@ def rank_command(local_rank: int) -> list[str]:
 
 
 def _free_port() -> int:
-    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+    from callbacks.lightning_compat import free_network_port
 
-    return find_free_network_port()
+    return free_network_port()
 
 
 def _watch(children: list[subprocess.Popen], done: threading.Event) -> None:
