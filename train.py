@@ -1,10 +1,11 @@
 """Entry point: ``python train.py [-m] method=neggrad optim=asam rho=1.0 alpha=0.9,0.99``.
 
-Composes the config from ``conf/``, runs the pipeline (:func:`unlearning.pipeline.run.run`) and
-returns the optimized metric (``optimized_metric``, ToW by default) for Hydra sweepers.
-A user error (bad value, missing data) prints one message naming the key and exits with
-status 2 — no traceback. SIGTERM (preemption) exits with 143 after the current batch; rerunning
-resumes (docs/pipeline.md).
+Composes the config from ``conf/``, validates it (:mod:`unlearning.config.validation`: the
+pipeline does so first thing in :func:`unlearning.pipeline.run.run`, a lab job here), runs the
+pipeline or the lab and returns the optimized metric (``optimized_metric``, ToW by default) for
+Hydra sweepers. A user error (bad value, missing data) prints one message naming the key and
+exits with status 2 — no traceback (docs/errors.md). SIGTERM (preemption) exits with 143 after
+the current batch; rerunning resumes (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from unlearning.config.errors import USER_ERRORS, unwrap_user_error
 from unlearning.config.sweep import completed_results
+from unlearning.config.validation import validate_config
 from unlearning.outputs.wandb_logger import one_run_per_job
 from unlearning.pipeline.run import run
 
@@ -30,13 +32,16 @@ RESUME_HINT = (
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    # a rerun of a sweep (hydra.sweep.dir=<old dir>) skips jobs whose results.json says ok
-    results = completed_results(cfg)
     try:
         with one_run_per_job():  # finishes the job's W&B run, also when the job fails
+            # a rerun of a sweep (hydra.sweep.dir=<old dir>) skips jobs whose results.json says ok
+            results = completed_results(cfg)
             # `lab` (set by experiment=theory/*) runs a synthetic experiment instead of the pipeline
-            if results is None:
-                results = call(cfg.lab, cfg=cfg) if cfg.get("lab") else run(cfg)
+            if results is None and cfg.get("lab"):
+                validate_config(cfg)
+                results = call(cfg.lab, cfg=cfg)
+            elif results is None:
+                results = run(cfg)
     except (*USER_ERRORS, InstantiationException) as error:
         # hydra's call()/instantiate() wrap a constructor's user error; unwrap it
         error = unwrap_user_error(error)

@@ -8,8 +8,9 @@
   rerun into its old directory (``hydra.sweep.dir=<old dir>``).
 * :func:`completed_results` — the stored payload when the job's ``results.json`` already says
   ``ok`` for the same config: the job is skipped on a rerun.
-* :class:`LauncherCheck` — a Hydra callback that fails at sweep start-up, before anything is
-  submitted, when the chosen launcher cannot work on this machine (plugin missing, no ``sbatch``).
+* :class:`LauncherCheck` — a Hydra callback that fails at start-up, before any directory is
+  created or anything submitted, when the run or sweep directory cannot be written or the chosen
+  launcher cannot work on this machine (plugin missing, no ``sbatch``).
 
 Importing this module registers the resolvers (``train.py`` imports it).
 """
@@ -24,6 +25,7 @@ import shutil
 import sys
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,10 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
     job subdirs (they hash the job's overrides), so finished jobs return their stored metrics and
     only missing, failed or diverged jobs run again.
     """
-    path = Path(cfg.paths.output_dir) / RESULTS_FILE
+    output_dir = OmegaConf.select(cfg, "paths.output_dir")
+    if not isinstance(output_dir, str) or not output_dir:  # refused by validate_config
+        return None
+    path = Path(output_dir) / RESULTS_FILE
     if not path.is_file():
         return None
     try:
@@ -157,15 +162,44 @@ def launcher_problem(launcher: DictConfig) -> str | None:
 
 
 class LauncherCheck(Callback):
-    """Hydra callback (``hydra.callbacks``): refuse a launcher that cannot work here when the
-    sweep starts, before any job is submitted; exit status 2 with one message, no traceback."""
+    """Hydra callback (``hydra.callbacks``): the start-up checks that must run before Hydra
+    creates a directory or submits a job, each ending in one message and exit status 2, no
+    traceback. A run or sweep whose output directory cannot be written (``paths.log_dir``,
+    ``hydra.run.dir``, ``hydra.sweep.dir``: null, empty, a file on the way, read-only) is
+    refused before Hydra's ``mkdir`` fails with a traceback; a sweep whose launcher cannot work
+    on this machine is refused before anything is submitted."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_on_error(lambda: _check_output_dirs(config, "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        launcher = config.hydra.launcher
-        problem = launcher_problem(launcher)
-        if problem is not None:
-            choice = OmegaConf.select(config, "hydra.runtime.choices")
-            name = (choice or {}).get("hydra/launcher", launcher.get("_target_"))
-            error = ConfigError("hydra/launcher", name, problem)
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        _exit_on_error(lambda: _check_output_dirs(config, "hydra.sweep.dir"))
+        _exit_on_error(lambda: _check_launcher(config))
+
+
+def _check_launcher(config: DictConfig) -> None:
+    """``hydra.launcher`` can work on this machine (:func:`launcher_problem`)."""
+    launcher = config.hydra.launcher
+    problem = launcher_problem(launcher)
+    if problem is not None:
+        choice = OmegaConf.select(config, "hydra.runtime.choices")
+        name = (choice or {}).get("hydra/launcher", launcher.get("_target_"))
+        raise ConfigError("hydra/launcher", name, problem)
+
+
+def _check_output_dirs(config: DictConfig, key: str) -> None:
+    """``paths.log_dir`` and the run's (``key``) directory can be written; creates nothing."""
+    from unlearning.config.kinds import require
+    from unlearning.config.rules import WRITABLE_DIR
+
+    require("paths.log_dir", OmegaConf.select(config, "paths.log_dir"), WRITABLE_DIR, "logs")
+    require(key, OmegaConf.select(config, key), WRITABLE_DIR, "outputs/run")
+
+
+def _exit_on_error(check: Callable[[], None]) -> None:
+    """Run ``check``; on a :class:`ConfigError` print it as ``train.py`` does and exit 2."""
+    try:
+        check()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -126,6 +126,28 @@ def verify_entry(entry: Path, key: str) -> str | None:
     return None
 
 
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why no directory can be written at ``path``, or ``None`` if one can; creates nothing.
+
+    The nearest existing ancestor decides: it must be a directory that this process may write
+    (``os.access``), on a file system that is neither mounted read-only nor a virtual one
+    without storage (``/proc``, ``/sys``: zero blocks, where even root's ``mkdir`` fails).
+    """
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    stats = os.statvfs(probe)
+    if stats.f_flag & os.ST_RDONLY:
+        return f"{probe} is on a read-only file system"
+    if stats.f_blocks == 0:
+        return f"{probe} is on a virtual file system that stores no files"
+    return None
+
+
 class CacheWriteError(ConfigError):
     """The cache could not be written (disk full, no permission): a user-fixable error."""
 
@@ -146,21 +168,15 @@ class StageCache:
 
     def check_writable(self) -> None:
         """Raise :class:`CacheWriteError` naming ``paths.cache_dir`` unless the cache root is (or
-        can be created as) a writable directory. Creates nothing."""
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            fix = f"{probe} is not a directory"
-        elif not os.access(probe, os.W_OK | os.X_OK):
-            fix = f"{probe} is not writable"
-        else:
-            return
-        raise CacheWriteError(
-            "paths.cache_dir",
-            str(self.root),
-            f"{fix}; point paths.cache_dir (or $UNLEARNING_CACHE_DIR) at a writable directory",
-        )
+        can be created as) a writable directory (:func:`unwritable_reason`). Creates nothing."""
+        reason = unwritable_reason(self.root)
+        if reason is not None:
+            raise CacheWriteError(
+                "paths.cache_dir",
+                str(self.root),
+                f"must be a writable directory ({reason}), e.g. point paths.cache_dir "
+                "(or $UNLEARNING_CACHE_DIR) at a writable directory such as ~/.cache/unlearning",
+            )
 
     def _lookup(self, stage: str, final: Path, note: str = "") -> bool:
         """Whether ``final`` is a sound entry; a corrupt one is reported and moved aside."""

@@ -56,8 +56,6 @@ POLL_S = 0.05
 CONNECT_TIMEOUT = timedelta(minutes=30)
 #: Lightning strategy names whose ranks are processes that each run the whole script
 SCRIPT_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
-#: Lightning strategies that train in this one process
-SINGLE_PROCESS = ("single_device", "lightning.pytorch.strategies.SingleDeviceStrategy")
 #: environment variables that :func:`session` sets in the launching process (restored after)
 _LAUNCH_ENV = (
     "MASTER_ADDR",
@@ -110,7 +108,8 @@ def world_size(cfg: DictConfig) -> int:
     """W = ``trainer.devices`` × ``trainer.num_nodes`` for a multi-process strategy, else 1.
 
     Only integer ``devices`` count (a list counts its entries); ``auto``/``-1`` are rejected for
-    DDP presets by :func:`check_trainer`, since W is part of every stage's result.
+    DDP presets by :func:`unlearning.config.consistency.check_distributed`, since W is part of
+    every stage's result.
     """
     name = strategy_name(cfg)
     if name is None or not name.startswith("ddp"):
@@ -158,110 +157,6 @@ def _cluster_started() -> str | None:
     if TorchElasticEnvironment.detect():
         return "torchrun"
     return None
-
-
-def check_trainer(cfg: DictConfig) -> None:
-    """Start-up checks of a multi-process ``trainer`` preset (before any data or training):
-    integer devices, enough GPUs, gloo for CPU ranks, a cluster for several nodes, and global
-    batch sizes divisible by W."""
-    name = strategy_name(cfg)
-    if name is None or name in SINGLE_PROCESS:
-        return
-    import torch
-
-    if name not in SCRIPT_STRATEGIES:
-        raise ConfigError(
-            "trainer.strategy",
-            name,
-            "use strategy=ddp (trainer=ddp / ddp_cpu) for several devices: spawned ranks "
-            "(ddp_spawn) return only the weights to the main process, not the loop counters "
-            "and callback states the stages check, and other strategies are untested here "
-            "(docs/ddp.md)",
-        )
-    devices = OmegaConf.select(cfg, "trainer.devices")
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigError(
-            "trainer.devices",
-            devices,
-            f"strategy={name} needs the number of devices per node, e.g. trainer.devices=2 "
-            "(the world size sets the per-device batch and is part of the stage cache keys)",
-        )
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
-    if accelerator in ("gpu", "cuda"):
-        found = torch.cuda.device_count()
-        if found < devices or (devices < 2 and world_size(cfg) < 2):
-            raise ConfigError(
-                "trainer.devices",
-                devices,
-                f"{found} CUDA GPU(s) visible here; strategy={name} needs trainer.devices ≥ 2 "
-                "GPUs on this node (use trainer=gpu for one GPU, trainer=ddp_cpu to try DDP on "
-                "CPU)",
-            )
-    elif not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        raise ConfigError(
-            "trainer.strategy", name, "CPU ranks need torch.distributed with gloo; use trainer=cpu"
-        )
-    if OmegaConf.select(cfg, "trainer.sync_batchnorm") and accelerator not in ("gpu", "cuda"):
-        raise ConfigError(
-            "trainer.sync_batchnorm", True, "needs GPUs (torch's SyncBatchNorm); set it to false"
-        )
-    _check_nodes(cfg, name)
-    if runs_script_per_rank(cfg) and OmegaConf.select(cfg, "eval.klom.enabled"):
-        raise ConfigError(
-            "eval.klom.enabled",
-            True,
-            "KLoM trains N − 1 more unlearned models inside the evaluation, which runs on rank 0 "
-            "only; set eval.klom.enabled=false or use trainer=cpu / trainer=gpu",
-        )
-    if runs_script_per_rank(cfg) and _chains_passes(cfg):
-        raise ConfigError(
-            "method",
-            OmegaConf.select(cfg, "method.name"),
-            "walks its epochs as consecutive passes over single sets (epoch_passes), which "
-            "Lightning does not shard across DDP ranks; use trainer=cpu / trainer=gpu",
-        )
-    for key in ("pretrain.batch_size", "method.batch_size"):
-        per_device_batch_size(cfg, key)
-
-
-def _chains_passes(cfg: DictConfig) -> bool:
-    """Whether the method overrides ``epoch_passes`` (SCRUB): its loader is no ``DataLoader``."""
-    from hydra.utils import get_class
-
-    from unlearning.methods.base import UnlearningMethod
-
-    method = get_class(cfg.method._target_)
-    return getattr(method, "epoch_passes", None) is not UnlearningMethod.epoch_passes
-
-
-def _check_nodes(cfg: DictConfig, name: str) -> None:
-    nodes = OmegaConf.select(cfg, "trainer.num_nodes")
-    if nodes is None or isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise ConfigError(
-            "trainer.num_nodes",
-            nodes,
-            "set the number of nodes, e.g. trainer.num_nodes=2 (trainer=ddp_multinode reads "
-            "$SLURM_NNODES when run inside a SLURM allocation)",
-        )
-    cluster = _cluster_started()
-    if nodes > 1 and cluster is None:
-        raise ConfigError(
-            "trainer.num_nodes",
-            nodes,
-            "a multi-node run needs one process per device started by the cluster: submit with "
-            "sbatch and `srun python train.py ...` (--ntasks-per-node=trainer.devices) or use "
-            "torchrun; no SLURM task or torchrun environment was found here",
-        )
-    if cluster == "slurm":
-        tasks = os.environ.get("SLURM_NTASKS")
-        if tasks is not None and int(tasks) != world_size(cfg):
-            raise ConfigError(
-                "trainer.num_nodes",
-                nodes,
-                f"SLURM started {tasks} task(s) but trainer.devices × trainer.num_nodes = "
-                f"{world_size(cfg)}; use --ntasks-per-node={cfg.trainer.devices} and "
-                f"--nodes={nodes}",
-            )
 
 
 # ---------------------------------------------------------------------------- ranks

@@ -1,7 +1,10 @@
 """Validation of a lab's settings (``lab.<key>``), run before any computation.
 
-Each check raises :class:`unlearning.config.errors.ConfigError` naming the key, the bad value and
-the fix.
+The labs' keys depend on each lab's ``run`` signature, so each lab checks its own values with
+these functions; they apply the shared kinds of :mod:`unlearning.config.kinds` and raise
+:class:`unlearning.config.errors.ConfigError` in the one message shape (docs/errors.md). The
+lab's seeds and unknown ``lab.*`` keys are checked before the lab starts
+(:func:`unlearning.config.validation.validate_config`).
 """
 
 from __future__ import annotations
@@ -10,31 +13,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from unlearning.config.errors import ConfigError
+from unlearning.config import kinds
 
 
 def _key(name: str) -> str:
     return f"lab.{name}"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def positive(name: str, value: Any, example: str, integer: bool = False) -> None:
-    """``value`` is a positive number (integer when ``integer``)."""
-    ok = _is_number(value) and value > 0 and (not integer or float(value).is_integer())
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(_key(name), value, f"must be {kind}, e.g. {_key(name)}={example}")
+    """``value`` is a positive finite number (integer when ``integer``)."""
+    kinds.require(_key(name), value, kinds.POSITIVE_INT if integer else kinds.POSITIVE, example)
 
 
 def in_range(name: str, value: Any, low: float, high: float, example: str) -> None:
-    """``low ≤ value ≤ high``."""
-    if not (_is_number(value) and low <= value <= high):
-        raise ConfigError(
-            _key(name), value, f"must lie in [{low}, {high}], e.g. {_key(name)}={example}"
-        )
+    """``low ≤ value ≤ high``, a finite number (``high`` may be ``inf``)."""
+    kinds.require(_key(name), value, kinds.number(low, high), example)
 
 
 def number_list(
@@ -46,27 +39,20 @@ def number_list(
     integer: bool = False,
     open_high: bool = False,
 ) -> list[float]:
-    """A non-empty list of numbers in ``[low, high]`` (``[low, high)`` with ``open_high``)."""
-    bad = not isinstance(values, Sequence) or isinstance(values, str) or len(values) == 0
-    if not bad:
-        for v in values:
-            inside = _is_number(v) and low <= v and (v < high if open_high else v <= high)
-            if not inside or (integer and not float(v).is_integer()):
-                bad = True
-                break
-    if bad:
-        bracket = ")" if open_high else "]"
-        kind = "integers" if integer else "numbers"
-        raise ConfigError(
-            _key(name),
-            values,
-            f"must be a non-empty list of {kind} in [{low}, {high}{bracket}, "
-            f"e.g. {_key(name)}={example}",
-        )
+    """A non-empty list of numbers in ``[low, high]`` (``[low, high)`` with ``open_high``),
+    returned as floats (as ints with ``integer``)."""
+    if integer:
+        top = math.ceil(high) - 1 if open_high and float(high).is_integer() else math.floor(high)
+        item = kinds.integer(math.ceil(low), top)
+    else:
+        item = kinds.number(low, high, high_open=open_high)
+    values = (
+        list(values) if isinstance(values, Sequence) and not isinstance(values, str) else values
+    )
+    kinds.require(_key(name), values, kinds.list_of(item), example)
     return [int(v) if integer else float(v) for v in values]
 
 
 def choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     """``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(_key(name), value, f"choose one of {list(allowed)}")
+    kinds.require(_key(name), value, kinds.choice(allowed))

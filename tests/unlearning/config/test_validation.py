@@ -1,94 +1,80 @@
-"""Bad input fails at start-up with a message naming the key, the value and what is allowed."""
+"""The validation layer as a whole: every shipped preset passes it, a bad value fails it before
+any work with one message naming the key, and constructors are built once to surface their own
+checks (the catalogue of bad inputs is tests/test_bad_input.py)."""
+
+from __future__ import annotations
 
 import pytest
-import torch
 
-from datamodules.errors import DataConfigError
-from tests.conftest import run_cli
+from tests.conftest import CONF
 from unlearning.config.errors import ConfigError
+from unlearning.config.rules import check_keys
+from unlearning.config.validation import LAB_RULES, PIPELINE_RULES, validate_config
 from unlearning.pipeline.run import run
 
+#: presets that only compose next to another choice
+CONTEXT = {
+    ("model", "two_layer_cnn"): ["dataset=signal_noise"],
+    ("split", "group"): ["dataset=cifar20", "model=resnet18"],
+}
 
-@pytest.mark.parametrize(
-    ("override", "key", "hint"),
-    [
-        ("alpha=1.5", "alpha", "[0.0, 1.0]"),
-        ("alpha=-0.1", "alpha", "[0.0, 1.0]"),
-        ("method.lr=-0.01", "method.lr", "positive"),
-        ("method.lr=0", "method.lr", "positive"),
-        ("pretrain.lr=0", "pretrain.lr", "positive"),
-        ("method.epochs=0", "method.epochs", "positive integer"),
-        ("pretrain.epochs=2.5", "pretrain.epochs", "positive integer"),
-        ("pretrain.batch_size=0", "pretrain.batch_size", "positive integer"),
-        ("method.scheduler=linear", "method.scheduler", "constant"),
-        ("rho=-1", "rho", "positive"),
-        ("model.num_classes=5", "model.num_classes", "10 classes"),
-        ("method._target_=unlearning.models.SmallCNN", "method._target_", "UnlearningMethod"),
-        ("method._target_=nowhere.Method", "method._target_", "cannot import"),
-        pytest.param(
-            "trainer=gpu",
-            "trainer.accelerator",
-            "trainer=cpu",
-            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
-        ),
-    ],
-)
-def test_bad_values_raise_config_error_naming_the_key(config, tmp_path, override, key, hint):
+
+def _presets() -> list[tuple[str, str]]:
+    groups = ("dataset", "model", "optim", "pretrain/optim", "method", "split", "memorization")
+    groups += ("trainer", "logger", "eval", "debug", "experiment", "hparams_search")
+    found = []
+    for group in groups:
+        for path in sorted((CONF / group).rglob("*.yaml")):
+            found.append((group, str(path.relative_to(CONF / group).with_suffix(""))))
+    return found
+
+
+@pytest.mark.parametrize(("group", "option"), _presets(), ids=lambda v: str(v))
+def test_every_shipped_preset_passes_the_rule_table(config, group, option):
+    """The table declares every key a preset sets: no preset trips the unknown-key rule."""
+    cfg = config(f"{group}={option}", *CONTEXT.get((group, option), []))
+    check_keys(cfg)
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (CONF / "method").glob("*.yaml")))
+def test_every_method_passes_the_whole_layer_on_the_default_data(config, method):
+    validate_config(config(f"method={method}"))
+
+
+def test_the_default_config_and_a_lab_pass(config):
+    validate_config(config())
+    validate_config(config("experiment=theory/stability_frontier"))
+
+
+def test_a_lab_job_gets_the_table_and_the_metric_rule_only(config):
+    """A lab never builds the pipeline's model or method, so their values are not its concern;
+    its own ``lab.*`` settings are checked by the lab (unlearning/theory/checks.py)."""
+    assert LAB_RULES == PIPELINE_RULES[:2]
+    lab = config("experiment=theory/stability_frontier", "model.num_classes=5")
+    validate_config(lab)  # the mismatch would fail a pipeline job
     with pytest.raises(ConfigError) as info:
-        run(config(override, cache=tmp_path / "cache"))
-    assert info.value.key == key
-    assert key in str(info.value) and hint in str(info.value)
-    assert not (tmp_path / "cache").exists(), "nothing may be computed before validation"
+        validate_config(config("model.num_classes=5"))
+    assert info.value.key == "model.num_classes"
 
 
-@pytest.mark.parametrize(
-    ("size", "shown"), [("0", "0"), ("1438", "1438"), ("2000", "2000"), ("-0.1", "-0.1")]
-)
-def test_forget_size_of_zero_or_at_least_s_is_refused(config, tmp_path, size, shown):
-    with pytest.raises(DataConfigError) as info:
-        run(config(f"split.size={size}", cache=tmp_path / "cache"))
-    assert info.value.key == "split.size"
-    assert shown in str(info.value) and "between 1 and 1437" in str(info.value)
-    assert not (tmp_path / "cache").exists()
-
-
-def test_missing_real_dataset_fails_before_training_with_path_and_layout(config, tmp_path):
-    with pytest.raises(DataConfigError) as info:
-        run(config("dataset=cifar10", "model=resnet18", cache=tmp_path / "cache"))
-    message = str(info.value)
-    assert "dataset.root" in message and "cifar-10-batches-py" in message
-    assert str(tmp_path / "run" / "data" / "cifar10") in message
-    assert not (tmp_path / "cache").exists()
-
-
-def test_cli_user_error_prints_one_message_without_traceback(tmp_path):
-    result = run_cli(
-        ["alpha=2", f"paths.cache_dir={tmp_path}", f"paths.log_dir={tmp_path}"], tmp_path
-    )
-    assert result.returncode == 2
-    assert "alpha=2" in result.stderr and "[0.0, 1.0]" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-def test_cli_unknown_group_option_lists_the_available_ones(tmp_path):
-    result = run_cli(["method=nonexistent", f"paths.log_dir={tmp_path}"], tmp_path)
-    assert result.returncode != 0
-    assert "method/nonexistent" in result.stderr
-    assert "neggrad" in result.stderr and "finetune" in result.stderr  # the options are listed
-    assert "Traceback" not in result.stderr
+def test_the_first_broken_rule_is_reported(config):
+    """Kinds first (cheap, local), then cross-key rules, then constructors."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(config("seed=abc", "model.num_classes=5", "method.lr=0"))
+    assert info.value.key == "seed"
 
 
 @pytest.mark.parametrize(
     ("overrides", "key", "hint"),
     [
-        (["optim=sam", "optim.sharpness.rho=0"], "optim.sharpness", "> 0"),
-        (["optim=asam", "optim.sharpness.eta=-1"], "optim.sharpness", "eta"),
+        (["optim=asam", "optim.sharpness.eta=-1"], "optim.sharpness.eta", "≥ 0"),
         (
             ["pretrain/optim=sam", "pretrain.optim.sharpness.rho=-0.1"],
-            "pretrain.optim.sharpness",
-            "> 0",
+            "pretrain.optim.sharpness.rho",
+            "positive",
         ),
-        (["method=minmax", "method.fraction=1.2"], "method.fraction", "(0, 1)"),
+        (["optim=sharpmax", "optim.sharpness.variant=second"], "optim.sharpness.variant", "first"),
+        (["optim=sam", "rho=0"], "rho", "positive"),
         (["method=minmax", "method.fraction=0"], "method.fraction", "(0, 1)"),
         (["method=minmax", "method.forget_rho=-1"], "method.forget_rho", "positive"),
     ],
@@ -100,24 +86,60 @@ def test_bad_optimizer_and_mask_settings_fail_at_start_up(config, tmp_path, over
     assert not (tmp_path / "cache").exists()
 
 
-def test_cli_unknown_optimizer_lists_the_options(tmp_path):
-    result = run_cli(["optim=adamw_sam", f"paths.log_dir={tmp_path}"], tmp_path)
-    assert result.returncode != 0 and "optim/adamw_sam" in result.stderr
-    assert all(name in result.stderr for name in ("sgd", "sam", "asam", "sharpmax"))
-
-
 @pytest.mark.parametrize(
-    ("overrides", "named"),
+    ("overrides", "key", "hint"),
     [
-        (["method=scrub", "method.kd_T=-1"], "method.kd_T"),
-        (["method=ugradsl", "method.smoothing=1.5"], "method.smoothing"),
-        (["method=boundary_shrink", "method.epsilon=-0.1"], "method.epsilon"),
-        (["method=l1sparse", "method.gamma=-1"], "method.gamma"),
-        (["method=minmax", "method.forget_objective=minimize"], "method.forget_objective"),
+        (["method=scrub", "method.kd_T=-1"], "method.kd_T", "(0, inf)"),
+        (["method=ugradsl", "method.smoothing=1.5"], "method.smoothing", "1.5"),
+        (["method=boundary_shrink", "method.epsilon=-0.1"], "method.epsilon", "> 0"),
+        (["method=l1sparse", "method.gamma=-1"], "method.gamma", "-1"),
+        (["method=minmax", "method.forget_objective=minimize"], "method.forget_objective", "max"),
     ],
 )
-def test_method_constructor_checks_run_before_any_training(config, tmp_path, overrides, named):
+def test_method_constructor_checks_name_the_argument_before_any_training(
+    config, tmp_path, overrides, key, hint
+):
+    """A method's own ValueError (``method.<arg>=<value>: ...``) becomes a ConfigError keyed
+    by that argument, raised when the layer builds the method once on a fresh backbone."""
     with pytest.raises(ConfigError) as info:
         run(config(*overrides, cache=tmp_path / "cache"))
-    assert info.value.key == "method" and named in str(info.value)
+    assert info.value.key == key and hint in str(info.value)
+    assert str(info.value).startswith(f"{key}=")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_constructor_error_without_a_key_names_the_node(config, monkeypatch):
+    def refuse(self, *args, alpha: float = 0.99, **kwargs):
+        raise ValueError("the backbone is too small for this method")
+
+    monkeypatch.setattr("unlearning.methods.ascent.NegGrad.__init__", refuse)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config())
+    assert info.value.key == "method" and "too small" in str(info.value)
+
+
+def test_a_bug_in_a_constructor_keeps_its_traceback(config, monkeypatch):
+    """Only ValueError/TypeError are the user's; anything else is a bug to see as it is."""
+
+    def broken(self, *args, alpha: float = 0.99, **kwargs):
+        raise KeyError("internal")
+
+    monkeypatch.setattr("unlearning.methods.ascent.NegGrad.__init__", broken)
+    with pytest.raises(Exception) as info:
+        validate_config(config())
+    assert not isinstance(info.value, ConfigError)
+
+
+def test_the_model_is_tried_on_a_zero_batch_of_the_dataset_shape(config, monkeypatch):
+    """A backbone that cannot take the dataset's inputs fails now, naming the shape tried."""
+    seen = []
+
+    def too_small(self, x):
+        seen.append(tuple(x.shape))
+        raise RuntimeError("Output size is too small")
+
+    monkeypatch.setattr("unlearning.models.SmallCNN.embed", too_small)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config())
+    assert seen == [(1, 1, 8, 8)] and info.value.key == "model"
+    assert "inputs of shape [1, 8, 8]" in str(info.value) and "too small" in str(info.value)

@@ -1,0 +1,351 @@
+"""Cross-key rules: values that are each allowed (the rule table,
+:mod:`unlearning.config.rules`, has checked their kinds) but cannot work together, or need
+something of this machine or disk — a GPU, a C++ compiler, a cluster, a readable score file.
+
+Each rule is a function of the composed config that raises
+:class:`~unlearning.config.errors.ConfigError` in the one message shape
+(:func:`~unlearning.config.kinds.reject`); :func:`unlearning.config.validation.validate_config`
+runs them in order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.splits import MEMORIZATION_SPLITS
+from unlearning.config.errors import ConfigError
+from unlearning.config.kinds import reject
+from unlearning.config.rules import locate
+from unlearning.pipeline.distributed import (
+    SCRIPT_STRATEGIES,
+    _cluster_started,
+    per_device_batch_size,
+    runs_script_per_rank,
+    strategy_name,
+    world_size,
+)
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+#: Lightning strategies that train in this one process
+SINGLE_PROCESS = ("single_device", "lightning.pytorch.strategies.SingleDeviceStrategy")
+#: precisions that need a GPU (fp16 autocast; Lightning silently runs bf16 on the CPU instead)
+FP16_MIXED = ("16-mixed", "16", 16)
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+#: a setting a metric needs, and whether a config has it
+Condition = tuple[str, Callable[[DictConfig], bool]]
+
+
+def _family_on(name: str) -> Condition:
+    """The evaluation family ``eval.<name>`` is enabled."""
+
+    def enabled(cfg: DictConfig) -> bool:
+        return bool(OmegaConf.select(cfg, f"eval.{name}.enabled", default=False))
+
+    return f"eval.{name}.enabled=true", enabled
+
+
+#: the metric keys of ``results.json`` (docs/results.md), each with the setting that makes a
+#: job produce it (``None``: every pipeline job does)
+METRICS: tuple[tuple[str, Condition | None], ...] = (
+    (r"(original|oracle|unlearned)/acc_(retain|forget|test)|tow|tow_abs|ua|ra|ta|rte_s", None),
+    (r"split/(n_forget|n_retain)", None),
+    (
+        r"split/(mean_mem|mean_mem_all|mem_is_proxy|overlap_(high_mid|high_low|mid_low))",
+        ("split=mem_high|mem_mid|mem_low|mix", lambda cfg: cfg.split.name in MEMORIZATION_SPLITS),
+    ),
+    (
+        r"split/n_noisy_forget",
+        ("dataset.label_noise > 0", lambda cfg: bool(cfg.dataset.get("label_noise"))),
+    ),
+    (r"((original|oracle)/)?(mia|mia_efficacy)|avg_gap|time/mia", _family_on("mia")),
+    (
+        r"(original/)?(e_var_(all|cls)(_raw)?|e_wp_(all|cls))|time/entanglement",
+        _family_on("entanglement"),
+    ),
+    (r"(original/)?basin_ratio/(retain|forget|test)|time/landscape", _family_on("landscape")),
+    (r"(original/)?hessian_top/(retain|forget|test)|time/hessian", _family_on("hessian")),
+    (r"klom/(retain|forget|test)|time/klom", _family_on("klom")),
+    (r"time/features", _family_on("features")),
+)
+
+
+def is_metric(name: str) -> bool:
+    """Whether ``name`` is a metric key some pipeline job writes to ``results.json``."""
+    return any(re.fullmatch(pattern, name) for pattern, _ in METRICS)
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """``optimized_metric`` names a metric this job writes (a lab's metrics are its own)."""
+    name = cfg.get("optimized_metric")
+    if cfg.get("lab"):
+        return
+    for pattern, condition in METRICS:
+        if re.fullmatch(pattern, name):
+            if condition is not None and not condition[1](cfg):
+                raise reject(
+                    "optimized_metric",
+                    name,
+                    f"a metric this job writes; {name} needs {condition[0]}",
+                    condition[0],
+                )
+            return
+    raise reject(
+        "optimized_metric",
+        name,
+        "a metric key of results.json (docs/results.md: tow, ua, ra, ta, "
+        "unlearned/acc_forget, mia, avg_gap, klom/forget, ...)",
+        "tow",
+    )
+
+
+# ------------------------------------------------------------------------------ model and data
+
+
+def check_model_fits_dataset(cfg: DictConfig) -> None:
+    """The model's classes and input channels are the dataset's (the YAML defaults
+    interpolate them: ``${dataset.num_classes}``, ``${dataset.in_channels}``)."""
+    for key, what in (("num_classes", "classes"), ("in_channels", "channels")):
+        ours, theirs = cfg.model.get(key), cfg.dataset.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise reject(
+                f"model.{key}",
+                ours,
+                f"{theirs} (the {what} of dataset={cfg.dataset.name})",
+                f"leave model.{key} at its default (${{dataset.{key}}})",
+            )
+
+
+def check_split_fits_dataset(cfg: DictConfig) -> None:
+    """A class split names a class of the dataset; a group split needs sub-classes."""
+    split = cfg.split
+    if split.name == "class" and split.label >= cfg.dataset.num_classes:
+        raise reject(
+            "split.label",
+            split.label,
+            f"a class of dataset={cfg.dataset.name}, in [0, {cfg.dataset.num_classes - 1}]",
+            "0",
+        )
+    if split.name == "group" and not hasattr(locate(cfg.dataset._target_), "fine_targets"):
+        raise reject(
+            "split.name", "group", f"a dataset with sub-classes, not {cfg.dataset.name}", "random"
+        )
+
+
+def check_score_file(cfg: DictConfig) -> None:
+    """A score file that a memorization split reads (``memorization=file``) opens as an
+    ``.npz`` archive without pickled objects and holds ``memorization.key`` as a numeric
+    array; its length against |S| is checked once the data is loaded
+    (:func:`unlearning.pipeline.stages.scores.read_score_file`)."""
+    if cfg.split.name not in MEMORIZATION_SPLITS or cfg.memorization.source != "file":
+        return
+    path, key = Path(cfg.memorization.path).expanduser(), cfg.memorization.key
+    problem = score_file_problem(path, key)
+    if problem is not None:
+        raise reject(
+            "memorization.path",
+            str(path),
+            f"a readable .npz score file holding the array memorization.key={key!r}",
+            "data/memorization/cifar100.npz (docs/memorization.md)",
+            problem,
+        )
+
+
+def score_file_problem(path: Path, key: str) -> str | None:
+    """What keeps ``path`` from being read as scores under ``key``, or ``None``."""
+    if not path.is_file():
+        return "no score file there"
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            return "a .npy array, not a .npz archive of named arrays"
+        with archive:
+            if key not in archive.files:
+                return f"it has no array {key!r}, only {sorted(archive.files)}"
+            scores = archive[key]
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        return " ".join(f"unreadable: {error}".split())
+    if not np.issubdtype(scores.dtype, np.number):
+        return f"its {key!r} holds {scores.dtype} values, not numbers"
+    return None
+
+
+# ------------------------------------------------------------------------------ the machine
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """The accelerator exists here; fp16 mixed precision and device lists need GPUs."""
+    import torch
+
+    trainer = cfg.trainer
+    accelerator = trainer.get("accelerator")
+    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise reject(
+            "trainer.accelerator", accelerator, "cpu here", "trainer=cpu", "no CUDA GPU is visible"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise reject("trainer.accelerator", accelerator, "cpu here", "cpu", "MPS is not available")
+    if accelerator == "cpu" and trainer.get("precision") in FP16_MIXED:
+        raise reject(
+            "trainer.precision",
+            trainer.precision,
+            "bf16-mixed or 32-true on the CPU (fp16 autocast needs a GPU; Lightning would "
+            "switch to bf16-mixed without saying so in the results)",
+            "bf16-mixed",
+        )
+    devices = trainer.get("devices")
+    if accelerator == "cpu" and OmegaConf.is_list(devices):
+        raise reject(
+            "trainer.devices",
+            OmegaConf.to_container(devices),
+            "a number of processes on the CPU (device lists name GPUs)",
+            "1",
+        )
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """``compile=true`` needs TorchDynamo on this Python and, on the CPU, a C++ compiler for
+    the inductor backend (checked now rather than at the first training step, minutes in)."""
+    if not cfg.get("compile"):
+        return
+    import torch
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(
+            "compile", True, "torch.compile does not support this Python/torch; use compile=false"
+        )
+    if cfg.trainer.get("accelerator") == "cpu" and not any(
+        shutil.which(cxx) for cxx in ("c++", "g++", "clang++")
+    ):
+        raise ConfigError(
+            "compile",
+            True,
+            "on the CPU torch.compile needs a C++ compiler (g++ or clang++) on PATH; install one "
+            "or use compile=false",
+        )
+
+
+# ------------------------------------------------------------------------------ several processes
+
+
+def check_distributed(cfg: DictConfig) -> None:
+    """A multi-process ``trainer`` preset (docs/ddp.md): script-launched DDP ranks with an
+    integer device count, enough GPUs (or gloo for CPU ranks), a cluster for several nodes,
+    no rank-0-only training inside the evaluation, and global batch sizes divisible by the
+    world size W = ``trainer.devices`` × ``trainer.num_nodes``."""
+    name = strategy_name(cfg)
+    if name is None or name in SINGLE_PROCESS:
+        return
+    if name not in SCRIPT_STRATEGIES:
+        raise reject(
+            "trainer.strategy",
+            name,
+            "ddp for several devices: spawned ranks (ddp_spawn) return only the weights to the "
+            "main process, not the loop counters and callback states the stages check, and "
+            "other strategies are untested here (docs/ddp.md)",
+            "use strategy=ddp via trainer=ddp or trainer=ddp_cpu",
+        )
+    devices = cfg.trainer.get("devices")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise reject(
+            "trainer.devices",
+            devices,
+            f"the number of devices per node under strategy={name} (the world size sets the "
+            "per-device batch and is part of the stage cache keys)",
+            "2",
+        )
+    _check_rank_backend(cfg, name, devices)
+    _check_nodes(cfg)
+    if runs_script_per_rank(cfg) and OmegaConf.select(cfg, "eval.klom.enabled"):
+        raise reject(
+            "eval.klom.enabled",
+            True,
+            "false under DDP: KLoM trains N − 1 more unlearned models inside the evaluation, "
+            "which runs on rank 0 only",
+            "false, or use trainer=cpu / trainer=gpu",
+        )
+    if runs_script_per_rank(cfg) and _chains_passes(cfg):
+        raise ConfigError(
+            "method",
+            cfg.method.name,
+            "walks its epochs as consecutive passes over single sets (epoch_passes), which "
+            "Lightning does not shard across DDP ranks; e.g. use trainer=cpu / trainer=gpu",
+        )
+    for key in ("pretrain.batch_size", "method.batch_size"):
+        per_device_batch_size(cfg, key)
+
+
+def _check_rank_backend(cfg: DictConfig, name: str, devices: int) -> None:
+    """GPU ranks need that many visible GPUs; CPU ranks need gloo; sync_batchnorm needs GPUs."""
+    import torch
+
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in GPU_ACCELERATORS:
+        found = torch.cuda.device_count()
+        if found < devices or (devices < 2 and world_size(cfg) < 2):
+            raise reject(
+                "trainer.devices",
+                devices,
+                f"at least 2 and at most the {found} CUDA GPU(s) visible here under "
+                f"strategy={name}",
+                "use trainer=gpu for one GPU, trainer=ddp_cpu to try DDP on the CPU",
+            )
+    elif not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        raise reject(
+            "trainer.strategy", name, "a single process: CPU ranks need gloo", "trainer=cpu"
+        )
+    if cfg.trainer.get("sync_batchnorm") and accelerator not in GPU_ACCELERATORS:
+        raise reject(
+            "trainer.sync_batchnorm", True, "false: it needs GPUs (torch's SyncBatchNorm)", "false"
+        )
+
+
+def _check_nodes(cfg: DictConfig) -> None:
+    """Several nodes need their ranks started by a cluster, as many as W."""
+    nodes = cfg.trainer.get("num_nodes")
+    if nodes is None:
+        raise reject(
+            "trainer.num_nodes",
+            nodes,
+            "set to the number of nodes (trainer=ddp_multinode reads $SLURM_NNODES when run "
+            "inside a SLURM allocation)",
+            "2",
+        )
+    cluster = _cluster_started()
+    if nodes > 1 and cluster is None:
+        raise reject(
+            "trainer.num_nodes",
+            nodes,
+            "1 outside a cluster: a multi-node run needs one process per device started by "
+            "SLURM or torchrun, and no SLURM task or torchrun environment was found here",
+            "submit with sbatch and `srun python train.py ...` "
+            "(--ntasks-per-node=trainer.devices), or use torchrun",
+        )
+    tasks = os.environ.get("SLURM_NTASKS")
+    if cluster == "slurm" and tasks is not None and int(tasks) != world_size(cfg):
+        raise reject(
+            "trainer.num_nodes",
+            nodes,
+            f"such that trainer.devices × trainer.num_nodes = {world_size(cfg)} matches the "
+            f"{tasks} task(s) SLURM started",
+            f"--ntasks-per-node={cfg.trainer.devices} and --nodes={nodes}",
+        )
+
+
+def _chains_passes(cfg: DictConfig) -> bool:
+    """Whether the method overrides ``epoch_passes`` (SCRUB): its loader is no ``DataLoader``."""
+    from unlearning.methods.base import UnlearningMethod
+
+    method = locate(cfg.method._target_)
+    return getattr(method, "epoch_passes", None) is not UnlearningMethod.epoch_passes
