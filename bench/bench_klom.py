@@ -1,13 +1,14 @@
 """Benchmark item 3 (KLoM): the N-oracle ensemble of KLoM trained vectorised / sequentially.
 
-KLoM (002 §2) needs N oracles f_A(R) with different seeds. ``unlearning.evaluation.suite
-.oracle_margins`` trains them with the memorization trainer
-(:func:`unlearning.memorization.estimator
-.train_members`) on R with the oracle recipe (pretraining settings, 000 App. C.1), all N in one
-``torch.func.vmap`` chunk when ``eval.klom.strategy`` resolves to ``vmap`` (``auto``: on CUDA)
-and one after another otherwise, then reads the margins on R, F and D_test. This times exactly
-that call with the default ``eval.klom.models = 8`` on the embedded default, both strategies in
-alternating order, and also the histogram KLoM itself (negligible next to training).
+KLoM (002 §2) needs N oracles f_A(R) with different seeds. The pipeline's ensemble stage
+(``unlearning.pipeline.stages.ensembles``, the cached stage ``klom_oracles``) trains them with
+the memorization trainer (:func:`unlearning.memorization.estimator.train_members`) on R with the
+oracle recipe (pretraining settings, 000 App. C.1), all N in one ``torch.func.vmap`` chunk when
+``eval.klom.strategy`` resolves to ``vmap`` (``auto``: on CUDA) and one after another otherwise,
+then reads the margins on R, F and D_test. This times exactly that call
+(:func:`~unlearning.pipeline.stages.ensembles.oracle_margin_rows`) with the default
+``eval.klom.models = 8`` on the embedded default, both strategies in alternating order, and also
+the histogram KLoM itself (negligible next to training).
 
 Usage::
 
@@ -36,11 +37,8 @@ PLAN = {"full": (8, None, 2), "quick": (8, 3, 1), "smoke": (2, 1, 1)}
 
 
 def rows(size: str = "full", work: Path | None = None) -> list[Row]:
-    from hydra.utils import instantiate
-
-    from unlearning.evaluation.metrics.klom import klom, margins
-    from unlearning.evaluation.suite import _train_config
-    from unlearning.memorization.estimator import train_members
+    from unlearning.evaluation.metrics.klom import klom
+    from unlearning.pipeline.stages.ensembles import oracle_margin_rows, oracle_recipe
 
     n_models, epochs, repeats = PLAN[size]
     with tempfile.TemporaryDirectory(prefix="bench_klom_") as tmp:
@@ -52,31 +50,17 @@ def rows(size: str = "full", work: Path | None = None) -> list[Row]:
     keep = np.ones(len(y_tr), dtype=bool)
     keep[job.forget] = False
     r, f = np.flatnonzero(keep), job.forget
-    x = torch.cat([x_tr[r], x_tr[f], x_te])
+    x = torch.cat([x_tr[r], x_tr[f], x_te])  # R, F, D_test: the stage's order
     y = torch.cat([y_tr[r], y_tr[f], y_te])
-    mask = np.zeros((n_models, len(y)), dtype=bool)
-    mask[:, : len(r)] = True  # every oracle trains on all of R (as oracle_margins)
-    recipe = _train_config(cfg)
+    recipe = oracle_recipe(cfg)
 
     def run(strategy: str) -> tuple[float, np.ndarray]:
         old = torch.get_num_threads()
         torch.set_num_threads(1)  # as for the memorization comparison: one thread each
         try:
             t0 = time.perf_counter()
-            rows_ = np.zeros((n_models, len(y)))
-            stream = train_members(
-                lambda: instantiate(cfg.model),
-                x,
-                y,
-                range(n_models),
-                mask,
-                recipe,
-                strategy=strategy,
-                chunk_size=n_models,
-            )
-            for ids, logits in stream:
-                rows_[ids] = margins(logits, y)
-            return time.perf_counter() - t0, rows_
+            margins = oracle_margin_rows(cfg, x, y, len(r), n_models, strategy, torch.device("cpu"))
+            return time.perf_counter() - t0, margins
         finally:
             torch.set_num_threads(old)
 

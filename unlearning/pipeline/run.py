@@ -27,12 +27,14 @@ from unlearning.config.errors import unwrap_user_error
 from unlearning.config.validation import validate_config
 from unlearning.evaluation.batch_fit import AUTO, largest_batch
 from unlearning.evaluation.metrics.tow import tug_of_war
-from unlearning.evaluation.suite import OutputStore, output_needs, run_evaluations
+from unlearning.evaluation.store import OutputStore
+from unlearning.evaluation.suite import Suite
 from unlearning.outputs.plots import plot_scores
 from unlearning.outputs.publish import publish
 from unlearning.outputs.results import SETS, accuracy_key, summary_table, write_results
 from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
+from unlearning.pipeline.stages.ensembles import EnsembleBuilder
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +348,10 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         "oracle": stages.load_model(job, art.oracle).to(device),
         "unlearned": unlearned.to(device),
     }
+    suite = Suite.from_config(job)  # the enabled evaluation families, in config order
+    needs = suite.needs()
     # one store per job: the accuracies and the evaluation suite read the same forward passes
-    store = OutputStore(models, data, source.num_classes, needs=output_needs(job))
+    store = OutputStore(models, data, source.num_classes, needs=needs)
     metrics: dict[str, float] = evaluate(store)
     metrics.update(derived_metrics(metrics, rte_s))
     metrics["split/n_forget"] = float(data.set_size("forget"))
@@ -355,18 +359,18 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     metrics.update(split_metrics(art))
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
-    evaluation = run_evaluations(
+    # the model ensembles the families read (KLoM's oracles: the cached stage klom_oracles)
+    ensembles = EnsembleBuilder(
         job,
-        models,
-        data,
-        output_dir,
-        metrics,
+        store,
+        cache,
+        stage_configs(job)["klom_oracles"],
         unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
-        cache=cache,
-        klom_key=stage_configs(job)["klom_oracles"],
-        store=store,
-    )
-    del store  # the outputs are no longer needed
+        from_scratch=stages.is_from_scratch(job),
+        device=device,
+    ).build_all(needs.ensembles)
+    evaluation = suite.run(store, output_dir, metrics, ensembles)
+    del store, ensembles  # the outputs and margins are no longer needed
     metrics.update(evaluation.metrics)
 
     publish(loggers, metrics, status, sorted(output_dir.glob("*.png")))

@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.evaluation.family import Needs, SampleNeed
 from unlearning.evaluation.metrics.accuracy import accuracy, logits_accuracy
 from unlearning.evaluation.metrics.features import model_outputs
-from unlearning.evaluation.suite import OutputStore
+from unlearning.evaluation.store import OutputStore
 from unlearning.models import Backbone, SmallCNN, TwoLayerCNN
 from unlearning.outputs.results import MODELS, SETS, accuracy_key
 from unlearning.pipeline import run as pipeline
@@ -132,7 +133,7 @@ def test_store_accuracies_equal_accuracy_on_untrained_models(kept):
         torch.manual_seed(seed)
         models[name] = SmallCNN(classes)
     data = _Sets(classes, sizes)
-    needs = {(m, s): False for m in MODELS for s in SETS} if kept else {}
+    needs = Needs.of(MODELS, SETS) if kept else Needs()
     store = OutputStore(models, data, classes, needs=needs)
     values = set()
     for name, model in models.items():
@@ -202,3 +203,27 @@ def test_the_evaluation_runs_on_the_trainers_device():
         cfg = OmegaConf.create({"trainer": {"accelerator": accelerator}})
         expected = "cuda" if torch.cuda.is_available() else "cpu"
         assert evaluation_device(cfg).type == expected
+
+
+def test_store_keeps_the_samples_a_family_declared_and_loads_them_once():
+    """Two families declaring the same sample read one draw; an undeclared sample is drawn
+    (identically, from the seed) each time it is asked for and not kept."""
+    data = _Sets(4, {"retain": 301, "forget": 45, "test": 0})
+    loads: list[str] = []
+    plain = data.eval_dataloader
+
+    def loader(name, batch_size=None, positions=None):
+        if positions is not None:
+            loads.append(name)
+            x, y = data.sets[name]
+            return DataLoader(TensorDataset(x[positions], y[positions]), batch_size=37)
+        return plain(name, batch_size)
+
+    data.eval_dataloader = loader
+    store = OutputStore({}, data, needs=Needs(samples=frozenset({SampleNeed("retain", 100)})))
+    first, again = store.sample("retain", 100, seed=3), store.sample("retain", 100, seed=3)
+    assert loads == ["retain"] and first[0] is again[0] and len(first[1]) == 100
+    other = store.sample("retain", 50, seed=3)
+    assert torch.equal(store.sample("retain", 50, seed=3)[0], other[0])
+    assert loads == ["retain", "retain", "retain"]
+    assert store.sample("forget", 100, seed=3)[1].shape == (45,)  # a small set: all of it

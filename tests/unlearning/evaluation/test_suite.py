@@ -1,7 +1,10 @@
-"""The evaluation suite (issue 6): config groups, start-up checks, the orchestration on tiny data
-(keys, notes for evaluations that cannot run, plots, the cached KLoM oracle ensemble) and one
-pipeline run that writes the metrics into results.json."""
+"""The evaluation suite (issue 6): the presets and the families' needs, the orchestration on tiny
+data (keys, notes for evaluations that cannot run, plots, KLoM on the ensembles the pipeline
+builds, the cached oracle ensemble) and one pipeline run that writes the metrics into
+results.json. The eval group's value checks live in the validation layer (tests/unlearning/
+config)."""
 
+import ast
 import copy
 import json
 import math
@@ -12,11 +15,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from unlearning.config.errors import ConfigError
-from unlearning.config.validation import validate_config
-from unlearning.evaluation.suite import EVALS, check_eval_config, run_evaluations
+from unlearning.evaluation.families.landscape import LossLandscape
+from unlearning.evaluation.family import (
+    EVAL_SETS,
+    MODELS,
+    Ensemble,
+    EnsembleNeed,
+    SampleNeed,
+)
+from unlearning.evaluation.store import OutputStore
+from unlearning.evaluation.suite import Suite, run_evaluations
 from unlearning.models import SmallCNN
 from unlearning.pipeline.cache import StageCache
+from unlearning.pipeline.stages.ensembles import EnsembleBuilder
 
 CHEAP_KEYS = {
     "mia", "mia_efficacy", "oracle/mia", "oracle/mia_efficacy", "original/mia",
@@ -79,39 +90,36 @@ ACC = {"ua": 0.1, "ra": 0.9, "ta": 0.8, "oracle/acc_forget": 0.8, "oracle/acc_re
        "oracle/acc_test": 0.8}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("eval.klom.models=1", "eval.klom.models"),
-        ("eval.mia.max_samples=0", "eval.mia.max_samples"),
-        ("eval.landscape.sets=[test,validation]", "eval.landscape.sets"),
-        ("eval.landscape.steps_2d=2", "eval.landscape.steps_2d"),
-        ("eval.landscape.radius=0", "eval.landscape.radius"),
-        ("eval.hessian.tol=-1", "eval.hessian.tol"),
-        ("eval.entanglement.p=0.5", "eval.entanglement.p"),
-        ("eval.klom.strategy=processes", "eval.klom.strategy"),
-        ("eval.klom.percentile=120", "eval.klom.percentile"),
-        ("eval.features.enabled=maybe", "eval.features.enabled"),
-    ],
-)
-def test_bad_eval_settings_raise_config_error_naming_the_key(config, override, key):
-    with pytest.raises(ConfigError) as info:
-        check_eval_config(config(override))
-    assert info.value.key == key and key in str(info.value)
+def test_eval_presets_switch_the_families_in_config_order(config):
+    order = ["mia", "entanglement", "landscape", "hessian", "klom", "features"]
+    presets = ("default", "full", "none")
+    default, full, none = (Suite.from_config(config(f"eval={p}")) for p in presets)
+    assert [name for name, _ in default.families] == order[:4]
+    assert [name for name, _ in full.families] == order
+    assert none.families == ()
+    landscape = dict(full.families)["landscape"]
+    assert isinstance(landscape, LossLandscape) and landscape.plots and landscape.steps_2d == 21
+    assert Suite.from_config(config("eval=default", "eval.mia.enabled=false")).families[0][0] == (
+        "entanglement"
+    )
 
 
-def test_validate_config_checks_the_eval_group(config):
-    with pytest.raises(ConfigError, match=r"eval\.klom\.models"):
-        validate_config(config("eval.klom.models=0"))
-
-
-def test_eval_presets_switch_the_families(config):
-    default, full, none = config("eval=default"), config("eval=full"), config("eval=none")
-    assert [default.eval[n].enabled for n in EVALS] == [True, True, True, True, False, False]
-    assert all(full.eval[n].enabled for n in EVALS) and full.eval.landscape.plots
-    assert not any(none.eval[n].enabled for n in EVALS)
-    for cfg in (default, full, none):
-        check_eval_config(cfg)
+def test_the_suite_merges_the_needs_the_families_declare(config):
+    """MIA reads logits of every pair, entanglement the embeddings of f_A and f_U on R and F,
+    the landscape and Hessian samples; with KLoM the two ensembles, oracles first."""
+    needs = Suite.from_config(config("eval=default")).needs()
+    pairs = needs.output_map()
+    assert set(pairs) == {(m, s) for m in MODELS for s in EVAL_SETS}
+    assert {k for k, embeds in pairs.items() if embeds} == {
+        (m, s) for m in ("original", "unlearned") for s in ("retain", "forget")
+    }
+    assert needs.samples == {SampleNeed(s, 256) for s in ("test", "forget", "retain")}
+    assert needs.ensembles == ()
+    klom_only = Suite.from_config(
+        config("eval=none", "eval.klom.enabled=true", "eval.klom.models=3")
+    ).needs()
+    assert set(klom_only.output_map()) == {("unlearned", s) for s in EVAL_SETS}
+    assert klom_only.ensembles == (EnsembleNeed("oracle", 3), EnsembleNeed("unlearned", 3))
 
 
 def test_default_suite_reports_every_cheap_metric(config, tmp_path):
@@ -157,7 +165,19 @@ def test_disabled_evaluations_do_not_run(config, tmp_path):
     assert result.metrics == {} and result.notes == {}
 
 
-def test_full_suite_writes_the_plots_and_klom_uses_a_cached_oracle_ensemble(config, tmp_path):
+def _builder(cfg, store, cache, unlearn=None, from_scratch=False) -> EnsembleBuilder:
+    return EnsembleBuilder(
+        cfg,
+        store,
+        cache,
+        {"test": "klom"},
+        unlearn=unlearn or (lambda c, d: pytest.fail("no unlearning run expected")),
+        from_scratch=from_scratch,
+        device=torch.device("cpu"),
+    )
+
+
+def test_full_suite_writes_the_plots_and_klom_reads_the_pipelines_ensembles(config, tmp_path):
     cfg = config(
         *SMALL,
         "eval=full",
@@ -172,62 +192,73 @@ def test_full_suite_writes_the_plots_and_klom_uses_a_cached_oracle_ensemble(conf
         calls.append(seeded_cfg.seed)
         return copy.deepcopy(models["unlearned"])
 
+    suite = Suite.from_config(cfg)
+    store = OutputStore(models, TinyData(), needs=suite.needs())
     cache = StageCache(tmp_path / "cache")
-    key = {"test": "klom", "models": 2}
+    ensembles = _builder(cfg, store, cache, unlearn).build_all(suite.needs().ensembles)
+    assert calls == [cfg.seed + 1]  # the job's own model is member 0
+    assert cache.has("klom_oracles", {"test": "klom", "models": 2})
     out = tmp_path / "out"
     out.mkdir()
-    result = run_evaluations(
-        cfg, models, TinyData(), out, dict(ACC), unlearn=unlearn, cache=cache, klom_key=key
-    )
-    assert calls == [cfg.seed + 1]  # the job's own model is member 0
+    result = suite.run(store, out, dict(ACC), ensembles)
     for s in ("forget", "retain", "test"):
         assert result.metrics[f"klom/{s}"] >= 0.0
-    assert cache.has("klom_oracles", key)
     assert {p.name for p in out.glob("*.png")} == {
         "landscape_test.png",
         "landscape_forget.png",
         "features.png",
     }
-    assert result.metrics["time/klom"] > 0 and result.metrics["time/features"] > 0
+    built = sum(e.seconds for e in ensembles.values())
+    assert result.metrics["time/klom"] >= built > 0  # the ensembles' build time counts
+    assert result.metrics["time/features"] > 0
 
 
-def test_klom_is_zero_for_identical_ensembles_served_from_the_cache(config, tmp_path):
-    """Pre-seed the oracle ensemble's cache entry with the unlearned models' own margins."""
+def test_klom_is_zero_for_identical_ensembles_and_skips_without_them(config, tmp_path):
     from unlearning.evaluation.metrics.features import model_outputs
     from unlearning.evaluation.metrics.klom import margins
 
-    cfg = config(*SMALL, "eval=none", "eval.klom.enabled=true", "eval.klom.models=2")
+    cfg = config("eval=none", "eval.klom.enabled=true", "eval.klom.models=2")
     models, data = _models(), TinyData()
     parts = {}
-    for s in ("retain", "forget", "test"):
+    for s in EVAL_SETS:
         out = model_outputs(models["unlearned"], data.eval_dataloader(s))
         parts[s] = np.stack([margins(out.logits, out.labels)] * 2)
-    cache = StageCache(tmp_path / "cache")
-    key = {"identical": True}
-    cache.get_or_compute("klom_oracles", key, lambda d: np.savez(d / "margins.npz", **parts))
-    result = run_evaluations(
-        cfg,
-        models,
-        data,
-        tmp_path,
-        {},
-        unlearn=lambda c, d: copy.deepcopy(models["unlearned"]),
-        cache=cache,
-        klom_key=key,
-    )
-    assert all(result.metrics[f"klom/{s}"] == 0.0 for s in ("retain", "forget", "test"))
+    same = Ensemble(parts)
+    ensembles = {EnsembleNeed("oracle", 2): same, EnsembleNeed("unlearned", 2): same}
+    result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=ensembles)
+    assert all(result.metrics[f"klom/{s}"] == 0.0 for s in EVAL_SETS)
+    shifted = {EnsembleNeed("oracle", 2): Ensemble({s: v + 50 for s, v in parts.items()}),
+               EnsembleNeed("unlearned", 2): same}  # fmt: skip
+    result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=shifted)
+    assert all(result.metrics[f"klom/{s}"] > 1.0 for s in EVAL_SETS)
+    result = run_evaluations(cfg, models, data, tmp_path, {})
+    assert all(math.isnan(result.metrics[f"klom/{s}"]) for s in EVAL_SETS)
+    assert "ensembles" in result.notes["klom/forget"]
+
+
+def test_retrain_serves_the_oracle_ensemble_as_the_unlearned_one(config, tmp_path):
+    cfg = config("eval=none", "eval.klom.enabled=true", "eval.klom.models=2", "pretrain.epochs=1")
+    suite = Suite.from_config(cfg)
+    store = OutputStore(_models(), TinyData(), needs=suite.needs())
+    builder = _builder(cfg, store, StageCache(tmp_path / "cache"), from_scratch=True)
+    ensembles = builder.build_all(suite.needs().ensembles)
+    oracle, unlearned = ensembles.values()
+    assert unlearned.margins is oracle.margins and "retrain" in unlearned.note
+    result = suite.run(store, tmp_path, {}, ensembles)
+    assert all(result.metrics[f"klom/{s}"] == 0.0 for s in EVAL_SETS)
+    assert "retrain" in result.notes["klom/forget"]
 
 
 def test_oracle_ensemble_is_the_same_trained_vectorised_or_sequentially(config, tmp_path):
-    from unlearning.evaluation.suite import OutputStore, oracle_margins
-
     margins = {}
     for strategy in ("vmap", "sequential"):
-        cfg = config(
-            *SMALL, "eval.klom.models=3", f"eval.klom.strategy={strategy}", "pretrain.epochs=2"
-        )
-        cache = StageCache(tmp_path / strategy)
-        margins[strategy] = oracle_margins(cfg, OutputStore(_models(), TinyData()), cache, {"k": 1})
+        cfg = config(*SMALL, "pretrain.epochs=2")
+        store = OutputStore(_models(), TinyData())
+        builder = _builder(cfg, store, StageCache(tmp_path / strategy))
+        margins[strategy] = builder.build(EnsembleNeed("oracle", 3, strategy)).margins
+        meta = StageCache.meta(StageCache(tmp_path / strategy).path("klom_oracles", {
+            "test": "klom", "models": 3}))  # fmt: skip
+        assert meta["strategy"] == strategy and meta["models"] == 3
     for s in ("retain", "forget", "test"):
         assert margins["vmap"][s].shape == (3, len(TinyData().sets[s][1]))
         np.testing.assert_allclose(margins["vmap"][s], margins["sequential"][s], atol=1e-5)
@@ -243,6 +274,60 @@ def test_pipeline_writes_eval_metrics_and_notes_to_results_json(config):
     assert CHEAP_KEYS <= set(on_disk["metrics"])
     assert isinstance(on_disk["notes"], dict) and on_disk["notes"] == payload["notes"]
     assert on_disk["metrics"]["mia"] == payload["metrics"]["mia"]
+
+
+def test_the_pipeline_builds_the_oracle_ensemble_as_a_cached_stage_before_the_suite(
+    config, monkeypatch
+):
+    """KLoM only reads margins: every member is trained before the family runs, and a second
+    job with the same stage keys reads the ``klom_oracles`` entry instead of training."""
+    from unlearning.evaluation.families.klom import KLoM
+    from unlearning.pipeline import run as pipeline
+    from unlearning.pipeline.stages import ensembles
+
+    events: list[str] = []
+    train, klom_run = ensembles.train_members, KLoM.run
+
+    def counted_train(*args, **kwargs):
+        events.append("train")
+        return train(*args, **kwargs)
+
+    def logged_run(self, ctx, result):
+        events.append("klom")
+        return klom_run(self, ctx, result)
+
+    monkeypatch.setattr(ensembles, "train_members", counted_train)
+    monkeypatch.setattr(KLoM, "run", logged_run)
+    overrides = ["method=finetune", "method.epochs=1", "pretrain.epochs=1", "eval=none"]
+    cfg = config(*overrides, "eval.klom.enabled=true", "eval.klom.models=2")
+    first = pipeline.run(cfg)["metrics"]
+    assert events == ["train", "klom"]
+    key = pipeline.stage_configs(cfg)["klom_oracles"]
+    assert StageCache(cfg.paths.cache_dir).has("klom_oracles", key)
+    events.clear()
+    second = pipeline.run(cfg)["metrics"]
+    assert events == ["klom"]  # the cached ensemble: nothing trained
+    for s in EVAL_SETS:
+        assert math.isfinite(first[f"klom/{s}"]) and first[f"klom/{s}"] == second[f"klom/{s}"]
+
+
+def test_the_evaluation_imports_neither_the_pipeline_nor_a_trainer():
+    """Families read models, outputs and margins; what trains models (the stages, the
+    memorization trainer) lives on the pipeline's side of the import arrow."""
+    root = Path(__file__).resolve().parents[3] / "unlearning" / "evaluation"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.relative_to(root)}: {n}" for n in names]
+    assert any("unlearning.evaluation.metrics" in f for f in found)  # the walk sees imports
+    banned = ("unlearning.pipeline", "unlearning.memorization", "lightning")
+    assert [f for f in found if f.split(": ")[1].startswith(banned)] == []
 
 
 @pytest.mark.slow
