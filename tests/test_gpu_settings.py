@@ -8,7 +8,8 @@ import torch
 from omegaconf import open_dict
 
 from unlearning.config.errors import ConfigError
-from unlearning.config.validation import _check_speed_settings
+from unlearning.config.consistency import check_compile
+from unlearning.config.rules import check_keys
 from unlearning.models import SmallCNN
 from unlearning.pipeline.stages.training import prepare_backbone
 
@@ -27,15 +28,15 @@ def test_speed_flags_must_be_booleans(config, key):
     with open_dict(cfg):
         cfg[key] = "yes"
     with pytest.raises(ConfigError, match=rf"^{key}='yes': must be true or false"):
-        _check_speed_settings(cfg)
+        check_keys(cfg)
 
 
 def test_compile_on_cpu_without_a_compiler_is_refused_up_front(config, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     cfg = config("compile=true")
     with pytest.raises(ConfigError, match=r"^compile=True: on the CPU torch.compile needs a C\+\+"):
-        _check_speed_settings(cfg)
-    _check_speed_settings(config("compile=false"))  # off: nothing to check
+        check_compile(cfg)
+    check_compile(config("compile=false"))  # off: nothing to check
 
 
 def test_prepare_backbone_keeps_weights_and_names(config):
