@@ -18,9 +18,9 @@ from hydra.utils import call
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unlearning.config.errors import USER_ERRORS, unwrap_user_error
 from unlearning.config.sweep import completed_results
 from unlearning.config.validation import validate_config
+from unlearning.errors import USER_ERRORS, unwrap_user_error
 from unlearning.outputs.wandb_logger import one_run_per_job
 from unlearning.pipeline.run import run
 

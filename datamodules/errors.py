@@ -1,7 +1,7 @@
 """Errors a user can fix by changing the config or the data on disk.
 
 ``datamodules`` does not import ``unlearning`` (see STYLE.md), so the data layer has its own
-user-error type; ``train.py`` treats it like ``unlearning.config.errors.ConfigError``: one clear
+user-error type; ``train.py`` treats it like ``unlearning.errors.ConfigError``: one clear
 message,
 no stack trace.
 """

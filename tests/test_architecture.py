@@ -41,24 +41,8 @@ SOURCES = ("unlearning", "callbacks", "datamodules", "bench", "train.py")
 #: packages that must not import ``unlearning`` (nor anything in it)
 STANDALONE = ("callbacks", "datamodules")
 
-#: Arrows that close the one cycle (config, evaluation, outputs, pipeline) found when this test
-#: was written, each pointing from a lower layer up to the pipeline or the evaluation. Issue 18's
-#: branches owned by other helpers remove them; the lead deletes each entry once its arrow is
-#: gone (test_the_allowed_edges_still_exist says when). Any other cycle fails at once.
-ALLOWED_EDGES: set[tuple[str, str]] = {
-    # config/validation.py imports evaluation.batch_fit.AUTO and evaluation.suite.check_eval_config
-    # while evaluation/suite.py imports config.errors.ConfigError
-    ("unlearning.config", "unlearning.evaluation"),
-    # config/validation.py imports pipeline.cache.StageCache and pipeline.distributed.check_trainer
-    # while pipeline/{cache,distributed,run}.py import config.errors / config.validation
-    ("unlearning.config", "unlearning.pipeline"),
-    # outputs/results.py imports pipeline.cache.atomic_write_text while pipeline/run.py writes
-    # its results through outputs.results
-    ("unlearning.outputs", "unlearning.pipeline"),
-    # evaluation/suite.py (_klom, a function-level import) imports pipeline.stages.is_from_scratch
-    # while pipeline/run.py runs the evaluation suite
-    ("unlearning.evaluation", "unlearning.pipeline"),
-}
+#: Arrows allowed to close a cycle (none: the package graph is acyclic).
+ALLOWED_EDGES: set[tuple[str, str]] = set()
 
 Edge = tuple[str, str]
 

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import DataConfigError, DatasetNotFoundError
 from tests.conftest import ROOT, make_config, run_cli
-from unlearning.config.errors import USER_ERRORS, ConfigError
+from unlearning.errors import USER_ERRORS, ConfigError
 from unlearning.pipeline import stages
 from unlearning.pipeline.cache import CacheWriteError
 from unlearning.pipeline.run import run

@@ -17,8 +17,9 @@ from omegaconf import open_dict
 from torch.distributed import TCPStore
 
 from tests.conftest import CONF, cli_dirs, run_cli
-from unlearning.config.errors import ConfigError
+from unlearning.config import topology
 from unlearning.config.validation import validate_config
+from unlearning.errors import ConfigError
 from unlearning.pipeline import distributed
 from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.run import run
@@ -40,18 +41,18 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_world_size_and_per_device_batch(config) -> None:
-    assert distributed.world_size(config()) == 1
-    assert distributed.per_device_batch_size(config(), "pretrain.batch_size") == 64
+    assert topology.world_size(config()) == 1
+    assert topology.per_device_batch_size(config(), "pretrain.batch_size") == 64
     cfg = config("trainer=ddp_cpu")
-    assert distributed.world_size(cfg) == 2 and distributed.runs_script_per_rank(cfg)
-    assert distributed.per_device_batch_size(cfg, "pretrain.batch_size") == 32
-    assert distributed.world_size(config("trainer=ddp_cpu", "trainer.num_nodes=3")) == 6
+    assert topology.world_size(cfg) == 2 and topology.runs_script_per_rank(cfg)
+    assert topology.per_device_batch_size(cfg, "pretrain.batch_size") == 32
+    assert topology.world_size(config("trainer=ddp_cpu", "trainer.num_nodes=3")) == 6
     # Lightning's "auto" strategy on two devices is ddp: the same launch and cache rules apply
     auto = config("trainer.devices=2")
-    assert distributed.strategy_name(auto) == "ddp" and distributed.runs_script_per_rank(auto)
+    assert topology.strategy_name(auto) == "ddp" and topology.runs_script_per_rank(auto)
     # ddp_spawn ranks are spawned per fit, not script runs
     spawn = config("trainer=ddp_cpu", "trainer.strategy=ddp_spawn")
-    assert distributed.world_size(spawn) == 2 and not distributed.runs_script_per_rank(spawn)
+    assert topology.world_size(spawn) == 2 and not topology.runs_script_per_rank(spawn)
 
 
 def test_global_batch_not_divisible_by_world_size_names_the_key(config) -> None:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from unlearning.config.errors import ConfigError
 from unlearning.config.consistency import check_compile
 from unlearning.config.rules import check_keys
+from unlearning.errors import ConfigError
 from unlearning.models import SmallCNN
 from unlearning.pipeline.stages.training import prepare_backbone
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 from unlearning.theory.coherence import (
     convergence_threshold,
     divergence_threshold,

@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import call
 
 from tests.conftest import cli_dirs, make_config, run_cli
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 
 
 def _run(tmp_path, experiment, *overrides):

@@ -3,7 +3,7 @@
 something of this machine or disk — a GPU, a C++ compiler, a cluster, a readable score file.
 
 Each rule is a function of the composed config that raises
-:class:`~unlearning.config.errors.ConfigError` in the one message shape
+:class:`~unlearning.errors.ConfigError` in the one message shape
 (:func:`~unlearning.config.kinds.reject`); :func:`unlearning.config.validation.validate_config`
 runs them in order.
 """
@@ -21,17 +21,17 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.splits import MEMORIZATION_SPLITS
-from unlearning.config.errors import ConfigError
 from unlearning.config.kinds import reject
 from unlearning.config.rules import locate
-from unlearning.pipeline.distributed import (
+from unlearning.config.topology import (
     SCRIPT_STRATEGIES,
-    _cluster_started,
+    cluster_started,
     per_device_batch_size,
     runs_script_per_rank,
     strategy_name,
     world_size,
 )
+from unlearning.errors import ConfigError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 #: Lightning strategies that train in this one process
@@ -322,7 +322,7 @@ def _check_nodes(cfg: DictConfig) -> None:
             "inside a SLURM allocation)",
             "2",
         )
-    cluster = _cluster_started()
+    cluster = cluster_started()
     if nodes > 1 and cluster is None:
         raise reject(
             "trainer.num_nodes",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 
 #: what a kind's test returns: ``True`` (allowed), ``False`` (not allowed) or why not
 Verdict = bool | str

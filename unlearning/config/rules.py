@@ -29,7 +29,6 @@ from callbacks.sharpness import ADAPTIVE_PARAMS, VARIANTS
 from datamodules.real_datasets import AUGMENT_IMPLS
 from datamodules.sources import LABEL_NOISE_KEYS
 from datamodules.splits import MEMORIZATION_SPLITS
-from unlearning.config.errors import ConfigError
 from unlearning.config.kinds import (
     BOOLEAN,
     COUNT,
@@ -50,11 +49,12 @@ from unlearning.config.kinds import (
     reject,
     require,
 )
+from unlearning.errors import ConfigError
 from unlearning.evaluation.batch_fit import AUTO
+from unlearning.files import unwritable_reason
 from unlearning.memorization.estimator import STRATEGIES
 from unlearning.methods.base import UnlearningMethod
 from unlearning.outputs.results import SETS
-from unlearning.pipeline.cache import unwritable_reason
 
 # ------------------------------------------------------------------------------ node kinds
 

@@ -32,7 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ before any data is loaded or any model trained (docs/errors.md).
    unlearning method on it, so that a constructor's own argument checks fail now, not after
    pretraining.
 
-Every failure is a :class:`~unlearning.config.errors.ConfigError` in one shape,
+Every failure is a :class:`~unlearning.errors.ConfigError` in one shape,
 ``<key>=<value>: must be <allowed> (<why>), e.g. <fix>``; ``train.py`` prints it and exits 2.
 A lab job (``lab=...``, ``experiment=theory/*``) gets step 1 and the metric rule; the lab checks
 its own ``lab.*`` values (:mod:`unlearning.theory.checks`) before it computes anything.
@@ -39,9 +39,9 @@ from unlearning.config.consistency import (
     check_score_file,
     check_split_fits_dataset,
 )
-from unlearning.config.errors import USER_ERRORS, ConfigError
 from unlearning.config.kinds import reject
 from unlearning.config.rules import check_keys
+from unlearning.errors import USER_ERRORS, ConfigError
 
 # ------------------------------------------------------------------------------ constructors
 

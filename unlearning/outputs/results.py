@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unlearning.pipeline.cache import atomic_write_text
+from unlearning.files import atomic_write_text
 
 MODELS = ("original", "oracle", "unlearned")
 SETS = ("retain", "forget", "test")

@@ -32,7 +32,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
+from unlearning.files import atomic_write_text, unwritable_reason
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """A stable 16-hex-digit SHA-256 of a JSON-serialisable mapping (key order irrelevant)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -123,28 +117,6 @@ def verify_entry(entry: Path, key: str) -> str | None:
             return f"{name} has {size} bytes, the manifest says {expected['bytes']} (truncated?)"
         if file_sha256(path) != expected["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest"
-    return None
-
-
-def unwritable_reason(path: str | os.PathLike) -> str | None:
-    """Why no directory can be written at ``path``, or ``None`` if one can; creates nothing.
-
-    The nearest existing ancestor decides: it must be a directory that this process may write
-    (``os.access``), on a file system that is neither mounted read-only nor a virtual one
-    without storage (``/proc``, ``/sys``: zero blocks, where even root's ``mkdir`` fails).
-    """
-    probe = Path(path).expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
-    stats = os.statvfs(probe)
-    if stats.f_flag & os.ST_RDONLY:
-        return f"{probe} is on a read-only file system"
-    if stats.f_blocks == 0:
-        return f"{probe} is on a virtual file system that stores no files"
     return None
 
 

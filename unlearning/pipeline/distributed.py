@@ -37,9 +37,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from unlearning.config.errors import ConfigError
+from unlearning.config.topology import (
+    cluster_started,
+    runs_script_per_rank,
+    strategy_name,
+    world_size,
+)
+from unlearning.errors import ConfigError
 from unlearning.pipeline.cache import StageCache
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,6 @@ STORE_PORT_ENV = "UNLEARNING_STORE_PORT"
 POLL_S = 0.05
 #: how long a rank waits to connect to rank 0's store
 CONNECT_TIMEOUT = timedelta(minutes=30)
-#: Lightning strategy names whose ranks are processes that each run the whole script
-SCRIPT_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
 #: environment variables that :func:`session` sets in the launching process (restored after)
 _LAUNCH_ENV = (
     "MASTER_ADDR",
@@ -67,96 +71,6 @@ _LAUNCH_ENV = (
 )
 #: Hydra overrides that a rank's command must not inherit from a sweep job
 _SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.run", "hydra.output_subdir", "hydra.job.name")
-
-
-# ---------------------------------------------------------------------------- config side
-
-
-def _many_devices(cfg: DictConfig) -> bool:
-    """Whether ``trainer.devices`` / ``num_nodes`` ask for more than one process."""
-    devices = OmegaConf.select(cfg, "trainer.devices")
-    if OmegaConf.select(cfg, "trainer.num_nodes") not in (None, 1):
-        return True
-    if OmegaConf.is_list(devices) or isinstance(devices, list):
-        return len(devices) > 1
-    if devices in ("auto", -1, "-1"):
-        accelerator = OmegaConf.select(cfg, "trainer.accelerator")
-        if accelerator not in ("gpu", "cuda", "auto"):
-            return False
-        import torch
-
-        return torch.cuda.device_count() > 1
-    return isinstance(devices, int) and not isinstance(devices, bool) and devices > 1
-
-
-def strategy_name(cfg: DictConfig) -> str | None:
-    """The trainer's strategy as a name (``ddp``, ``ddp_spawn``, ...), or ``None`` for one
-    process. An unset or ``auto`` strategy on several devices is ``ddp``, as Lightning picks."""
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    if strategy in (None, "auto"):
-        return "ddp" if _many_devices(cfg) else None
-    if isinstance(strategy, str):
-        return strategy
-    target = str(OmegaConf.select(strategy, "_target_", default=""))
-    if target.endswith("DDPStrategy"):
-        start = OmegaConf.select(strategy, "start_method", default="popen")
-        return "ddp" if start == "popen" else f"ddp_{start}"
-    return target
-
-
-def world_size(cfg: DictConfig) -> int:
-    """W = ``trainer.devices`` × ``trainer.num_nodes`` for a multi-process strategy, else 1.
-
-    Only integer ``devices`` count (a list counts its entries); ``auto``/``-1`` are rejected for
-    DDP presets by :func:`unlearning.config.consistency.check_distributed`, since W is part of
-    every stage's result.
-    """
-    name = strategy_name(cfg)
-    if name is None or not name.startswith("ddp"):
-        return 1
-    devices = OmegaConf.select(cfg, "trainer.devices")
-    nodes = OmegaConf.select(cfg, "trainer.num_nodes") or 1
-    count = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else devices
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        return 1
-    return count * int(nodes)
-
-
-def runs_script_per_rank(cfg: DictConfig) -> bool:
-    """Whether every rank is a process running the whole job (``ddp``), as opposed to one
-    process (single device) or ranks spawned per fit (``ddp_spawn``)."""
-    return strategy_name(cfg) in SCRIPT_STRATEGIES and world_size(cfg) > 1
-
-
-def per_device_batch_size(cfg: DictConfig, key: str) -> int:
-    """B / W: the batch each device draws per step for the global batch ``cfg.<key>`` = B.
-
-    DDP averages the W per-device gradients, so W devices with B / W samples each take the same
-    step as one device with B (up to batch-norm statistics, which are per device unless
-    ``trainer.sync_batchnorm``). Raises :class:`ConfigError` naming ``key`` if W does not
-    divide B.
-    """
-    batch, size = int(OmegaConf.select(cfg, key)), world_size(cfg)
-    if batch % size:
-        raise ConfigError(
-            key,
-            batch,
-            f"is the global batch and must be divisible by the world size {size} "
-            "(trainer.devices × trainer.num_nodes), each device drawing batch / world size; "
-            f"e.g. {key}={max(size, batch - batch % size)}",
-        )
-    return batch // size
-
-
-def _cluster_started() -> str | None:
-    """The name of the cluster environment that started this process as one rank, if any."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if SLURMEnvironment.detect():
-        return "slurm"
-    if TorchElasticEnvironment.detect():
-        return "torchrun"
-    return None
 
 
 # ---------------------------------------------------------------------------- ranks
@@ -307,7 +221,7 @@ def session(cfg: DictConfig) -> Iterator[Session | None]:
         yield None
         return
     size = world_size(cfg)
-    cluster = _cluster_started()
+    cluster = cluster_started()
     saved: dict[str, str | None] = {}
     if cluster is None and "LOCAL_RANK" not in os.environ:
         current, saved = _launch(cfg, size)

@@ -23,8 +23,8 @@ from torch import nn
 from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
-from unlearning.config.errors import unwrap_user_error
 from unlearning.config.validation import validate_config
+from unlearning.errors import unwrap_user_error
 from unlearning.evaluation.batch_fit import AUTO, largest_batch
 from unlearning.evaluation.metrics.tow import tug_of_war
 from unlearning.evaluation.store import OutputStore

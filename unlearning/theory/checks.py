@@ -2,7 +2,7 @@
 
 The labs' keys depend on each lab's ``run`` signature, so each lab checks its own values with
 these functions; they apply the shared kinds of :mod:`unlearning.config.kinds` and raise
-:class:`unlearning.config.errors.ConfigError` in the one message shape (docs/errors.md). The
+:class:`unlearning.errors.ConfigError` in the one message shape (docs/errors.md). The
 lab's seeds and unknown ``lab.*`` keys are checked before the lab starts
 (:func:`unlearning.config.validation.validate_config`).
 """

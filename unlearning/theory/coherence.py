@@ -34,7 +34,7 @@ from scipy.sparse.linalg import eigsh
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 from unlearning.modes import eval_mode
 
 HessianMode = Literal["exact", "gauss_newton", "outer_product"]

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from callbacks.sharpness import perturbation, sharpness_aware_grad
 from datamodules.embedded import SignalNoise
-from unlearning.config.errors import ConfigError
+from unlearning.errors import ConfigError
 from unlearning.evaluation.metrics.tow import tug_of_war
 from unlearning.models import TwoLayerCNN
 from unlearning.outputs.plots import pyplot, save_figure

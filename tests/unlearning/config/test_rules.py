@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 from tests.conftest import ROOT
 from unlearning.config import kinds
 from unlearning.config.consistency import is_metric, score_file_problem
-from unlearning.config.errors import ConfigError
 from unlearning.config.rules import (
     TABLE,
     TOP_LEVEL,
@@ -25,7 +24,8 @@ from unlearning.config.rules import (
     locate,
     rule_for,
 )
-from unlearning.pipeline.cache import unwritable_reason
+from unlearning.errors import ConfigError
+from unlearning.files import unwritable_reason
 from unlearning.theory import checks
 
 # ---------------------------------------------------------------------- kinds

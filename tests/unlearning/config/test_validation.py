@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import CONF
-from unlearning.config.errors import ConfigError
 from unlearning.config.rules import check_keys
 from unlearning.config.validation import LAB_RULES, PIPELINE_RULES, validate_config
+from unlearning.errors import ConfigError
 from unlearning.pipeline.run import run
 
 #: presets that only compose next to another choice

@@ -22,8 +22,9 @@ from torch import nn
 from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.config.topology import per_device_batch_size
 from unlearning.methods.erm import ERM
-from unlearning.pipeline.distributed import is_rank_zero, per_device_batch_size
+from unlearning.pipeline.distributed import is_rank_zero
 from unlearning.pipeline.faults import fault_callbacks
 from unlearning.pipeline.resume import LatestCheckpoint, resume_from
 

@@ -18,7 +18,8 @@ from callbacks.divergence import DivergenceGuard
 from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
-from unlearning.pipeline.distributed import is_rank_zero, per_device_batch_size
+from unlearning.config.topology import per_device_batch_size
+from unlearning.pipeline.distributed import is_rank_zero
 from unlearning.pipeline.faults import fault_callbacks
 from unlearning.pipeline.resume import ElapsedTime, LatestCheckpoint, resume_from
 from unlearning.pipeline.stages.mask import MASK_FILE
