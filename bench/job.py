@@ -32,7 +32,8 @@ def default_job(work: Path, overrides: list[str] | None = None) -> DefaultJob:
     the pipeline's stage cache (cache hits after the first call); the oracle is not needed."""
     from unlearning.pipeline import stages
     from unlearning.pipeline.cache import StageCache
-    from unlearning.pipeline.run import check_inputs, stage_configs
+    from unlearning.pipeline.keys import stage_configs
+    from unlearning.pipeline.run import check_inputs
 
     cfg = compose_config(overrides or [], work / "out", SHARED_CACHE or work / "cache")
     source = check_inputs(cfg)

@@ -152,6 +152,11 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
         "callbacks.lr._target_",
         "Callback",
     ),
+    "callback-needs-a-logger": (
+        ["callbacks=lr_monitor", "logger=none"],
+        "callbacks.lr_monitor",
+        "logger=csv",
+    ),
     # the optimized metric
     "optimized-metric-unknown": (["optimized_metric=nope"], "optimized_metric", "docs/results"),
     "optimized-metric-disabled": (

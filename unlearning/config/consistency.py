@@ -184,6 +184,23 @@ def score_file_problem(path: Path, key: str) -> str | None:
 # ------------------------------------------------------------------------------ the machine
 
 
+def check_callbacks_have_loggers(cfg: DictConfig) -> None:
+    """A user callback that writes to the loggers (``LearningRateMonitor``) needs one: with
+    ``logger=none`` Lightning raises inside the unlearning fit, after pretraining."""
+    if cfg.get("logger"):
+        return
+    for name, node in (cfg.get("callbacks") or {}).items():
+        target = str(node.get("_target_", "")) if node is not None else ""
+        if target.endswith("LearningRateMonitor"):
+            raise reject(
+                f"callbacks.{name}",
+                target,
+                "a callback that writes to no logger while logger=none (LearningRateMonitor "
+                "logs the learning rate to the job's loggers)",
+                "logger=csv, or drop the callback",
+            )
+
+
 def check_accelerator(cfg: DictConfig) -> None:
     """The accelerator exists here; fp16 mixed precision and device lists need GPUs."""
     import torch

@@ -118,14 +118,12 @@ WRITABLE_DIR = Kind(
     lambda v: TEXT.test(v) and (unwritable_reason(v) or True),
     "~/.cache/unlearning",
 )
-_SCHEDULER_NODE = Kind(
+#: the lr schedule of a training stage: null (constant) or a ``_partial_`` torch LR scheduler
+SCHEDULER = Kind(
     "null (constant lr) or a _partial_ LR-scheduler node",
     lambda v: v is None or (TARGET_NODE.test(v) and v.get("_partial_") is True),
     "null",
 )
-#: the lr schedule of a training stage: null (constant) or a ``_partial_`` torch LR scheduler
-# TODO(merge): strings go when the scheduler nodes land (helper B: conf/scheduler/)
-SCHEDULER = _SCHEDULER_NODE | choice(("constant", "cosine"))
 
 # ------------------------------------------------------------------------------ choices
 
@@ -198,7 +196,8 @@ def _stage_rules(prefix: str, lr: str) -> list[Rule]:
         Rule(f"{prefix}.epochs", POSITIVE_INT, "10"),
         Rule(f"{prefix}.lr", POSITIVE, lr),
         Rule(f"{prefix}.batch_size", POSITIVE_INT, "64"),
-        Rule(f"{prefix}.scheduler", SCHEDULER),
+        # a preset of conf/scheduler/ placed at this stage (docs/config/scheduler.md)
+        Rule(f"{prefix}.scheduler", SCHEDULER, f"scheduler@{prefix}=cosine"),
     ]
 
 

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearning.config.consistency import (
     check_accelerator,
+    check_callbacks_have_loggers,
     check_compile,
     check_distributed,
     check_model_fits_dataset,
@@ -118,6 +119,7 @@ PIPELINE_RULES: tuple[Callable[[DictConfig], None], ...] = (
     check_optimized_metric,
     check_model_fits_dataset,
     check_split_fits_dataset,
+    check_callbacks_have_loggers,
     check_accelerator,
     check_compile,
     check_distributed,

@@ -4,24 +4,41 @@ A method is a small subclass that declares the sets it trains on (``train_sets``
 one hook, :meth:`UnlearningMethod.loss`, over a batch ``{"retain": (x, y), "forget": (x, y)}``.
 Everything else — optimizer and scheduler construction, logging, the backbone — lives here, so a
 sharpness-aware callback (``callbacks.sharpness``) can wrap any method's step unchanged.
+
+The base class also declares, with defaults, everything a pipeline stage may ask of a method
+(the *method protocol*, docs/adding_a_method.md): how an epoch walks the sets
+(:attr:`~UnlearningMethod.train_sets`, :attr:`~UnlearningMethod.epoch_driver`,
+:meth:`~UnlearningMethod.epoch_passes`, :attr:`~UnlearningMethod.sample_id_sets`), whether the
+unlearned model is the oracle itself (:attr:`~UnlearningMethod.from_scratch`), whether the method
+steps its own sharpness-aware update (:attr:`~UnlearningMethod.owns_sharpness`,
+:meth:`~UnlearningMethod.use_sharpness`) and whether it works on a saliency mask of f_A
+(:attr:`~UnlearningMethod.needs_forget_mask`, :attr:`~UnlearningMethod.mask_keys`,
+:meth:`~UnlearningMethod.set_forget_mask`; implemented by
+:class:`unlearning.methods.masked.MaskedMethod`). Stages read these attributes and call these
+methods directly; nothing else about a method is assumed.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class
 from torch import nn
 
 from callbacks.lightning_compat import HOOK_NAME_ATTRIBUTE, logs_this_step
 
+if TYPE_CHECKING:
+    from callbacks.sharpness import SharpnessAwareCallback
+
 Batch = dict[str, tuple[torch.Tensor, torch.Tensor]]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SCHEDULERS = ("constant", "cosine")
+#: a partial torch LR scheduler (``conf/scheduler/*.yaml``), called as ``scheduler(optimizer)``
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 def check_retain_weight(alpha: float, key: str = "alpha") -> float:
@@ -42,9 +59,11 @@ class UnlearningMethod(L.LightningModule):
         optimizer: a partial torch optimizer (``conf/optim/*.yaml``), called as
             ``optimizer(params, lr=lr)``.
         lr: learning rate.
-        epochs: number of epochs of this stage (used by the cosine schedule).
-        scheduler: ``constant`` or ``cosine`` (cosine annealing to 0 over ``epochs``, stepped
-            per epoch, 000 App. C.1).
+        epochs: number of epochs of this stage (a scheduler preset reads it as ``${..epochs}``).
+        scheduler: a partial torch LR scheduler (``conf/scheduler/*.yaml``), called as
+            ``scheduler(optimizer)`` and stepped once per epoch, or ``None`` for a constant
+            learning rate. ``scheduler@method=cosine`` is cosine annealing to 0 over ``epochs``
+            (000 App. C.1).
         batch_size: B per set and step (read by the datamodule; kept here for the record).
         name: method name, for logs.
     """
@@ -56,6 +75,22 @@ class UnlearningMethod(L.LightningModule):
     epoch_driver: ClassVar[str | None] = None
     #: sets whose batches carry each sample's index in S as a third element ``(x, y, ids)``.
     sample_id_sets: ClassVar[tuple[str, ...]] = ()
+    #: the unlearned model *is* the oracle f_A(R) (``retrain``): the unlearning stage serves the
+    #: oracle stage's cached model instead of training, and reports the oracle's time as RTE.
+    from_scratch: ClassVar[bool] = False
+    #: the method takes its sharpness-aware step itself (manual optimization): the unlearning
+    #: stage hands the ``optim`` preset's sharpness settings to :meth:`use_sharpness` instead of
+    #: attaching them as a callback that wraps the step (Sharp MinMax; IU, which takes no step).
+    owns_sharpness: ClassVar[bool] = False
+    #: the method works on a saliency mask of f_A's parameters: the pipeline's mask stage
+    #: computes it (cached) and hands it to :meth:`set_forget_mask` before training.
+    #: :class:`unlearning.methods.masked.MaskedMethod` sets this and implements the intake.
+    needs_forget_mask: ClassVar[bool] = False
+    #: with ``needs_forget_mask``: the mask stage's parameters (``fraction``: the share of
+    #: entries in the mask; ``batch_size``: the forget batches of the saliency pass) mapped to
+    #: the keys of the method's config that hold them; their values size the mask and key its
+    #: cache entry (:meth:`mask_settings`).
+    mask_keys: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -63,16 +98,15 @@ class UnlearningMethod(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         lr: float = 0.01,
         epochs: int = 1,
-        scheduler: str = "constant",
+        scheduler: SchedulerFactory | None = None,
         batch_size: int | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"method.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
         self.net = net
         self.optimizer_factory = optimizer or torch.optim.SGD
-        self.lr, self.epochs, self.scheduler_name, self.method_name = lr, epochs, scheduler, name
+        self.scheduler_factory = scheduler
+        self.lr, self.epochs, self.method_name = lr, epochs, name
         self.batch_size = batch_size
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -120,6 +154,27 @@ class UnlearningMethod(L.LightningModule):
             "with_ids": self.sample_id_sets,
         }
 
+    @classmethod
+    def mask_settings(cls, method_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The mask stage's parameters read from the method's config through :attr:`mask_keys`
+        (``{}`` for a method without a mask): what sizes the mask and keys its cache entry."""
+        return {param: method_cfg.get(key) for param, key in cls.mask_keys.items()}
+
+    def set_forget_mask(self, masks: dict[str, torch.Tensor]) -> None:
+        """Receive the saliency mask (``True`` = in the mask) keyed by names of ``self.net``'s
+        trainable parameters; called once before training when :attr:`needs_forget_mask`."""
+        raise TypeError(
+            f"{type(self).__name__} takes no forget mask (needs_forget_mask is False); "
+            "derive from unlearning.methods.masked.MaskedMethod to use one"
+        )
+
+    def use_sharpness(self, settings: SharpnessAwareCallback | None) -> None:
+        """Receive the ``optim`` preset's sharpness-aware settings (a configured
+        :class:`callbacks.sharpness.SharpnessAwareCallback`, or ``None`` under plain SGD);
+        called once before training when :attr:`owns_sharpness`, instead of attaching them as a
+        callback. The default keeps them as ``self.sharpness`` for the method's own step."""
+        self.sharpness = settings
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, parts = self.loss(batch)
         self.log_step(loss, parts, batch_size=len(next(iter(batch.values()))[1]))
@@ -154,11 +209,21 @@ class UnlearningMethod(L.LightningModule):
         return (p for p in self.parameters() if p.requires_grad)
 
     def configure_optimizers(self) -> Any:
+        """The ``optim`` preset's optimizer over :meth:`trainable_parameters` at ``lr``, and the
+        scheduler built on it, stepped once per epoch (none: a constant learning rate)."""
         optimizer = self.optimizer_factory(self.trainable_parameters(), lr=self.lr)
-        if self.scheduler_name == "constant":
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
         }
+
+
+def method_class(target: str) -> type[UnlearningMethod]:
+    """The :class:`UnlearningMethod` subclass a method config's ``_target_`` names: what a
+    pipeline stage asks about a method (its declared protocol) before building it."""
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, UnlearningMethod)):
+        raise TypeError(f"method._target_={target!r} is not a subclass of UnlearningMethod")
+    return cls

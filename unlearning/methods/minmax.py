@@ -2,9 +2,10 @@
 optimise them in opposite directions.
 
 The forget part is the top ``fraction`` of parameter entries ranked globally by
-``|Σ_b ∇CE(F_b)|`` at f_A (:mod:`unlearning.methods.saliency`, computed once per pretrained model
-and
-forget set, cached). Each step, on a joint batch (B retain + B forget samples):
+``|Σ_b ∇CE(F_b)|`` at f_A (:mod:`unlearning.methods.saliency`; computed once per pretrained model
+and forget set by the pipeline's mask stage, cached, and handed over through
+:class:`~unlearning.methods.masked.MaskedMethod`'s intake). Each step, on a joint batch (B retain
++ B forget samples):
 
 * forget part: sharpness **maximisation** on ``L_F(w) = −(1−α)·CE(F)`` — the first-order step
   direction ``2∇L_F(w) − ∇L_F(w + ê_F)`` of 000 eq. 8 (``forget_objective="maximize"``), or the
@@ -28,23 +29,22 @@ import torch
 from torch import Tensor
 
 from callbacks.sharpness import SharpnessAwareCallback, adaptive_flags, sharpness_aware_grad
-from unlearning.methods.base import Batch, UnlearningMethod, check_retain_weight
+from unlearning.methods.base import Batch, check_retain_weight
+from unlearning.methods.masked import MaskedMethod
 
 FORGET_OBJECTIVES = ("maximize", "maximize_neg")
 
 
-class SharpMinMax(UnlearningMethod):
+class SharpMinMax(MaskedMethod):
     """Sharp MinMax. ``alpha`` is the retain weight (000 eq. 4); ``fraction`` the share p of
-    parameter entries in the forget part (000 App. C.1: 30% on CIFAR-100, 5% on ImageNet);
-    ``forget_rho`` the radius of the forget part's perturbation (default: the retain optimizer's
-    ρ, or 0.1 under plain SGD)."""
+    parameter entries in the forget part (000 App. C.1: 30% on CIFAR-100, 5% on ImageNet), i.e.
+    the mask (:class:`~unlearning.methods.masked.MaskedMethod`); ``forget_rho`` the radius of
+    the forget part's perturbation (default: the retain optimizer's ρ, or 0.1 under plain SGD)."""
 
     train_sets: ClassVar[tuple[str, ...]] = ("retain", "forget")
     #: the pipeline hands the ``optim`` preset's sharpness settings to :meth:`use_sharpness`
     #: instead of attaching the callback (this method steps its two parts itself).
     owns_sharpness: ClassVar[bool] = True
-    #: the pipeline computes (and caches) the forget-part mask for this fraction.
-    needs_forget_mask: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -55,24 +55,17 @@ class SharpMinMax(UnlearningMethod):
         forget_objective: str = "maximize",
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, fraction=fraction, **kwargs)
         self.automatic_optimization = False
         self.alpha = check_retain_weight(alpha)
-        if not 0.0 < float(fraction) < 1.0:
-            raise ValueError(f"method.fraction={fraction!r}: must lie in (0, 1), e.g. 0.3")
         if forget_objective not in FORGET_OBJECTIVES:
             raise ValueError(
                 f"method.forget_objective={forget_objective!r}: choose one of {FORGET_OBJECTIVES}"
             )
         if forget_rho is not None and not float(forget_rho) > 0:
             raise ValueError(f"method.forget_rho={forget_rho!r}: must be > 0 (or null)")
-        self.fraction, self.forget_rho, self.forget_objective = (
-            fraction,
-            forget_rho,
-            forget_objective,
-        )
+        self.forget_rho, self.forget_objective = forget_rho, forget_objective
         self.retain_sharpness: SharpnessAwareCallback | None = None
-        self.forget_masks: dict[str, Tensor] | None = None
 
     def use_sharpness(self, settings: SharpnessAwareCallback | None) -> None:
         """The retain part's optimizer: a SAM/ASAM configuration, or ``None`` for plain SGD."""
@@ -81,13 +74,6 @@ class SharpMinMax(UnlearningMethod):
                 "optim: Sharp MinMax's retain part minimises sharpness; use optim=sgd, sam or asam"
             )
         self.retain_sharpness = settings
-
-    def set_forget_mask(self, masks: dict[str, Tensor]) -> None:
-        """Boolean masks (``True`` = forget part) keyed by names of ``self.net``'s parameters."""
-        names = [name for name, p in self.net.named_parameters() if p.requires_grad]
-        if sorted(masks) != sorted(names):
-            raise ValueError("the forget mask does not match the backbone's parameters")
-        self.forget_masks = masks
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """The mixed objective α·CE(R) − (1−α)·CE(F) (for reference; steps use both parts)."""
@@ -99,11 +85,10 @@ class SharpMinMax(UnlearningMethod):
         }
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        if self.forget_masks is None:
-            raise RuntimeError("Sharp MinMax needs its forget mask: call set_forget_mask first")
+        masks = self.require_forget_mask()  # True = forget part
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        forget_mask = [self.forget_masks[n].to(p.device, p.dtype) for n, p in named]
+        forget_mask = [masks[n].to(p.device, p.dtype) for n, p in named]
         retain_mask = [1.0 - m for m in forget_mask]
 
         def retain_loss() -> Tensor:

@@ -19,9 +19,9 @@ once in the constructor from the global RNG, which the pipeline seeds with ``cfg
 
 **SalUn.** RL restricted to the saliency mask m (``True`` = salient): the top ``fraction`` of
 f_A's parameter entries by ``|Σ_b ∇CE(F_b)|`` after one pass over F, ranked globally
-(:mod:`unlearning.methods.saliency`, computed and cached by the pipeline's mask stage). Salient
-entries
-follow the RL objective; all other entries stay *exactly* at f_A: gradients are masked after every
+(:mod:`unlearning.methods.saliency`, computed and cached by the pipeline's mask stage and handed
+over through :class:`~unlearning.methods.masked.MaskedMethod`'s intake). Salient entries follow
+the RL objective; all other entries stay *exactly* at f_A: gradients are masked after every
 backward pass (so a SAM/ASAM perturbation, computed from those gradients, also lives on the mask)
 and, after every optimizer step, the non-salient entries are copied back from f_A, so weight
 decay and momentum cannot move them either (the SalUn code only masks the gradient, which lets
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearning.methods.base import Batch, UnlearningMethod
+from unlearning.methods.masked import MaskedMethod
 
 
 def infer_num_classes(net: nn.Module) -> int | None:
@@ -137,7 +138,7 @@ class RandomLabel(UnlearningMethod):
         return super().training_step(self.relabel(batch, self.current_epoch), batch_idx)
 
 
-class SalUn(RandomLabel):
+class SalUn(MaskedMethod, RandomLabel):
     """SalUn: RL on the salient entries only; the others stay bit-exactly at f_A (SPEC §2).
 
     Args:
@@ -145,50 +146,31 @@ class SalUn(RandomLabel):
             Paper (000 App. C.2): 0.5 on CIFAR-100 / CIFAR-10, 0.3 on ImageNet / Tiny-ImageNet.
         num_classes: as :class:`RandomLabel`.
 
-    The mask is handed over by the pipeline's mask stage (``needs_forget_mask``) through
-    :meth:`set_forget_mask` before training; the weights at that moment (f_A) are the anchor the
-    non-salient entries are restored to after every optimizer step.
+    The mask is handed over by the pipeline's mask stage (``needs_forget_mask``, from
+    :class:`~unlearning.methods.masked.MaskedMethod`) through :meth:`set_forget_mask` before
+    training; the weights at that moment (f_A) are the anchor the non-salient entries are
+    restored to after every optimizer step.
     """
 
-    #: the pipeline computes (and caches) the saliency mask for ``fraction``.
-    needs_forget_mask: ClassVar[bool] = True
-
     def __init__(self, *args: Any, fraction: float = 0.5, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if isinstance(fraction, bool) or not 0.0 < float(fraction) < 1.0:
-            raise ValueError(
-                f"method.fraction={fraction!r}: the salient share must lie in (0, 1), e.g. 0.5"
-            )
-        self.fraction = float(fraction)
-        self.forget_masks: dict[str, Tensor] | None = None
+        super().__init__(*args, fraction=fraction, **kwargs)
         self.anchor: dict[str, Tensor] | None = None
 
     def set_forget_mask(self, masks: dict[str, Tensor]) -> None:
-        """Boolean masks (``True`` = salient, updated) keyed by names of ``self.net``'s
-        parameters; the current weights (f_A) become the values of the non-salient entries."""
-        named = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
-        if sorted(masks) != sorted(named):
-            raise ValueError("the saliency mask does not match the backbone's parameters")
-        for name, p in named.items():
-            if masks[name].shape != p.shape:
-                raise ValueError(
-                    f"the saliency mask of {name} has shape {tuple(masks[name].shape)}"
-                )
-        self.forget_masks = {name: masks[name].to(torch.bool) for name in named}
-        self.anchor = {name: p.detach().clone() for name, p in named.items()}
+        """The mask (``True`` = salient, updated; :meth:`MaskedMethod.set_forget_mask`); the
+        current weights (f_A) become the values of the non-salient entries."""
+        super().set_forget_mask(masks)
+        self.anchor = {name: p.detach().clone() for name, p in self._trainable().items()}
 
     def _masked(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """(parameter, mask, f_A value) triples, moving masks/anchors to the parameter's device."""
-        if self.forget_masks is None or self.anchor is None:
-            raise RuntimeError("SalUn needs its saliency mask: call set_forget_mask first")
+        masked = self.masked_parameters()  # raises if the mask was never handed over
+        assert self.anchor is not None  # set together with the mask
         out = []
-        for name, p in self.net.named_parameters():
-            if name not in self.forget_masks:
-                continue
-            mask, anchor = self.forget_masks[name], self.anchor[name]
-            if mask.device != p.device or anchor.device != p.device or anchor.dtype != p.dtype:
-                mask, anchor = mask.to(p.device), anchor.to(p.device, p.dtype)
-                self.forget_masks[name], self.anchor[name] = mask, anchor
+        for name, p, mask in masked:
+            anchor = self.anchor[name]
+            if anchor.device != p.device or anchor.dtype != p.dtype:
+                anchor = self.anchor[name] = anchor.to(p.device, p.dtype)
             out.append((p, mask, anchor))
         return out
 

@@ -2,8 +2,9 @@
 oracle f_A(R) → unlearn from f_A → evaluate against f_A and f_A(R) → write ``results.json``.
 
 Pretraining, the split and the oracle are cached under ``paths.cache_dir`` keyed by exactly the
-config that determines each (:func:`stage_configs`), so a sweep over methods, optimizers,
-``alpha`` or the unlearning ``seed`` pretrains once and retrains the oracle once per forget set.
+config that determines each (:func:`unlearning.pipeline.keys.stage_configs`), so a sweep over
+methods, optimizers, ``alpha`` or the unlearning ``seed`` pretrains once and retrains the oracle
+once per forget set.
 """
 
 from __future__ import annotations
@@ -29,86 +30,16 @@ from unlearning.evaluation.batch_fit import AUTO, largest_batch
 from unlearning.evaluation.metrics.tow import tug_of_war
 from unlearning.evaluation.store import OutputStore
 from unlearning.evaluation.suite import Suite
+from unlearning.methods.base import method_class
 from unlearning.outputs.plots import plot_scores
 from unlearning.outputs.publish import publish
 from unlearning.outputs.results import SETS, accuracy_key, summary_table, write_results
 from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
+from unlearning.pipeline.keys import stage_configs, unlearn_key
 from unlearning.pipeline.stages.ensembles import EnsembleBuilder
 
 log = logging.getLogger(__name__)
-
-#: bump when a stage's computation changes meaning, so old cache entries are not reused.
-CACHE_VERSION = 1
-#: config keys that do not change a stage's result (paths, speed and display settings).
-NON_DETERMINING = {
-    "root",
-    "num_workers",
-    "enable_progress_bar",
-    "enable_model_summary",
-    "log_every_n_steps",
-    "default_root_dir",
-    "_partial_",
-    "lag",  # divergence.lag: when the guard reads the loss, not what it decides
-}
-
-
-def _determining(node: Any) -> Any:
-    """A plain container of ``node`` without :data:`NON_DETERMINING` keys, recursively."""
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, dict):
-        return {k: _determining(v) for k, v in node.items() if k not in NON_DETERMINING}
-    if isinstance(node, list):
-        return [_determining(v) for v in node]
-    return node
-
-
-def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """The exact config each cached stage depends on (its cache key is a hash of this).
-
-    * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A and ``pretrain.seed``),
-      trainer numerics.
-    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
-    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
-    * ``oracle``: everything of ``pretrain`` and ``split``.
-
-    The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
-    purpose: changing them reuses all three stages.
-    """
-    dataset, split = _determining(cfg.dataset), _determining(cfg.split)
-    memorization = _determining(cfg.memorization)
-    scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
-    if memorization.get("source") == "estimate":
-        scores["model"] = _determining(cfg.model)
-    if stages.uses_scores(cfg):
-        split = {**split, "scores": scores}
-    pretrain = {
-        "version": CACHE_VERSION,
-        "dataset": dataset,
-        "model": _determining(cfg.model),
-        "pretrain": _determining(cfg.pretrain),
-        "trainer": _determining(cfg.trainer),
-    }
-    return {
-        "pretrain": pretrain,
-        "memorization": scores,
-        "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
-        "oracle": {**pretrain, "split": split},
-        # saliency mask of f_A for methods that split the model (MinMax, SalUn)
-        "mask": {
-            "pretrain": pretrain,
-            "split": split,
-            "fraction": OmegaConf.select(cfg, "method.fraction"),
-            "batch_size": OmegaConf.select(cfg, "method.batch_size"),
-        },
-        # N oracles for KLoM (eval.klom): the oracle recipe with N seeds
-        "klom_oracles": {
-            **pretrain,
-            "split": split,
-            "models": OmegaConf.select(cfg, "eval.klom.models"),
-        },
-    }
 
 
 def evaluation_device(cfg: DictConfig) -> torch.device:
@@ -243,10 +174,6 @@ class Unlearned(NamedTuple):
     diverged_at_step: int | None = None
 
 
-#: top-level config keys that do not change the unlearned model (its key in the output dir)
-NOT_UNLEARNING = ("paths", "logger", "eval", "optimized_metric", "hydra")
-
-
 def unlearning_stage(
     cfg: DictConfig,
     source: ImageSource,
@@ -256,22 +183,25 @@ def unlearning_stage(
     out: Path,
     key_cfg: DictConfig | None = None,
 ) -> Unlearned:
-    """The unlearned model, its RTE in seconds and the status. ``retrain`` is served by the
-    oracle stage; methods that split the model get their (cached) forget mask.
+    """The unlearned model, its RTE in seconds and the status. A ``from_scratch`` method
+    (``retrain``) is served by the oracle stage; a method that ``needs_forget_mask`` gets its
+    (cached) mask from the mask stage.
 
     The unlearned model is kept like a cache entry in the job's output directory,
     ``<out>/unlearn/<key>/`` (checkpoints in ``<key>.partial/`` while it runs): a rerun with the
     same output directory (``hydra.run.dir=...``) resumes an interrupted unlearning from its last
     epoch, or reuses the finished model if the job died later (docs/pipeline.md). The entry is
-    keyed by ``key_cfg`` (default ``cfg``): the job's config as written, where
-    ``eval_batch_size`` may still read ``auto`` while ``cfg`` holds the resolved integer."""
-    if stages.is_from_scratch(cfg):
+    keyed by ``key_cfg`` (default ``cfg``; :func:`unlearning.pipeline.keys.unlearn_key`): the
+    job's config as written, where ``eval_batch_size`` may still read ``auto`` while ``cfg``
+    holds the resolved integer."""
+    method = method_class(cfg.method._target_)
+    if method.from_scratch:
         log.info("[unlearn] method=retrain: the unlearned model is the oracle f_A(R)")
         return Unlearned(
             stages.load_model(cfg, art.oracle), float(StageCache.meta(art.oracle)["seconds"]), "ok"
         )
     mask = None
-    if stages.needs_forget_mask(cfg):
+    if method.needs_forget_mask:
         mask = cache.get_or_compute(
             "mask",
             stage_configs(cfg)["mask"],
@@ -280,12 +210,9 @@ def unlearning_stage(
             ),
         )
     log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
-    written = key_cfg if key_cfg is not None else cfg
-    key = {k: v for k, v in _determining(written).items() if k not in NOT_UNLEARNING}
-    key["version"] = CACHE_VERSION
     entry = distributed.stage_cache(out).get_or_compute(
         "unlearn",
-        key,
+        unlearn_key(key_cfg if key_cfg is not None else cfg),
         lambda d: stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, d, mask),
     )
     meta = StageCache.meta(entry)
@@ -366,7 +293,7 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         cache,
         stage_configs(job)["klom_oracles"],
         unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
-        from_scratch=stages.is_from_scratch(job),
+        from_scratch=method_class(job.method._target_).from_scratch,
         device=device,
     ).build_all(needs.ensembles)
     evaluation = suite.run(store, output_dir, metrics, ensembles)

@@ -1,5 +1,7 @@
 """Each method's objective on a hand-made batch equals its formula (SPEC §2)."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,8 +56,10 @@ def test_neggrad_refuses_alpha_outside_unit_interval(net, alpha):
 
 
 def test_cosine_schedule_anneals_over_the_epochs(net):
-    module = NegGrad(net, lr=0.1, epochs=4, scheduler="cosine")
+    cosine = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4)
+    module = NegGrad(net, lr=0.1, epochs=4, scheduler=cosine)
     config = module.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     lrs = []
     for _ in range(4):
@@ -64,3 +68,8 @@ def test_cosine_schedule_anneals_over_the_epochs(net):
         scheduler.step()
     assert lrs[0] == pytest.approx(0.1) and lrs == sorted(lrs, reverse=True)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_without_a_scheduler_the_learning_rate_is_constant(net):
+    optimizer = NegGrad(net, lr=0.1, scheduler=None).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from unlearning.pipeline.cache import META_FILE, StageCache
-from unlearning.pipeline.run import stage_configs
+from unlearning.pipeline.keys import stage_configs
 
 
 def _keys(config, *overrides):

@@ -6,7 +6,8 @@ from lightning.pytorch.callbacks import Callback
 
 from unlearning.pipeline import stages
 from unlearning.pipeline.cache import StageCache
-from unlearning.pipeline.run import check_inputs, stage_configs
+from unlearning.pipeline.keys import stage_configs
+from unlearning.pipeline.run import check_inputs
 from unlearning.pipeline.stages import training
 
 
@@ -39,8 +40,9 @@ def test_interrupted_pretraining_resumes_to_the_uninterrupted_weights(
 
     make_trainer = training.make_trainer
 
-    def crashing_trainer(cfg, max_epochs, callbacks, logger, root):
-        return make_trainer(cfg, max_epochs, [*callbacks, CrashAfterEpoch(1)], logger, root)
+    def crashing_trainer(cfg, max_epochs, callbacks, logger, root, **overrides):
+        callbacks = [*callbacks, CrashAfterEpoch(1)]
+        return make_trainer(cfg, max_epochs, callbacks, logger, root, **overrides)
 
     monkeypatch.setattr(training, "make_trainer", crashing_trainer)
     with pytest.raises(RuntimeError, match="injected crash"):

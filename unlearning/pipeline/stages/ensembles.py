@@ -57,12 +57,15 @@ def oracle_recipe(cfg: DictConfig) -> TrainConfig:
     cosine schedule, ``pretrain.seed`` (member k's init and batch order derive from it and k).
     A sharpness-aware ``pretrain/optim`` or another schedule is replaced, with a warning."""
     p, opt = cfg.pretrain, cfg.pretrain.optim.optimizer
-    if p.scheduler != "cosine" or OmegaConf.select(cfg, "pretrain.optim.sharpness") is not None:
+    cosine = p.scheduler is not None and str(p.scheduler.get("_target_", "")).endswith(
+        "CosineAnnealingLR"
+    )
+    if not cosine or OmegaConf.select(cfg, "pretrain.optim.sharpness") is not None:
         log.warning(
             "[eval] KLoM oracle ensemble: plain SGD with a cosine schedule stands in for "
             "pretrain.optim=%s, pretrain.scheduler=%s",
             cfg.pretrain.optim.name,
-            p.scheduler,
+            None if p.scheduler is None else p.scheduler._target_,
         )
     return TrainConfig(
         epochs=int(p.epochs),

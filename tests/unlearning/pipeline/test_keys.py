@@ -1,0 +1,107 @@
+"""Stage keys leave out non-determining config keys by full dotted path, never by leaf name."""
+
+from typing import ClassVar
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from tests.conftest import CONF
+from unlearning.methods import NegGrad
+from unlearning.methods.masked import MaskedMethod
+from unlearning.pipeline.cache import config_hash
+from unlearning.pipeline.keys import NON_DETERMINING, determining, stage_configs, unlearn_key
+
+
+class RootedNegGrad(NegGrad):
+    """A method whose argument happens to be called ``root`` (a leaf name the keys once
+    dropped everywhere)."""
+
+    def __init__(self, *args, root: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.root = root
+
+
+class SparseMasked(MaskedMethod):
+    """A masked method whose mask share lives under another key."""
+
+    mask_keys: ClassVar[dict[str, str]] = {"fraction": "sparsity", "batch_size": "batch_size"}
+
+    def __init__(self, *args, sparsity: float = 0.2, **kwargs) -> None:
+        super().__init__(*args, fraction=sparsity, **kwargs)
+
+
+def _hashes(cfg):
+    return {stage: config_hash(c) for stage, c in stage_configs(cfg).items()}
+
+
+def test_a_method_argument_called_root_changes_the_unlearn_key_only(config):
+    rooted = f"method._target_={__name__}.RootedNegGrad"
+    a, b = config(rooted, "+method.root=0.1"), config(rooted, "+method.root=0.2")
+    assert config_hash(unlearn_key(a)) != config_hash(unlearn_key(b))
+    assert unlearn_key(a)["method"]["root"] == 0.1
+    assert _hashes(a) == _hashes(b)  # pretraining, the split and the oracle are shared
+
+
+def test_model_arguments_called_lag_or_root_change_the_pretrain_key(config):
+    base = _hashes(config("+model.lag=1", "+model.root=1"))
+    for override in ("+model.lag=2", "+model.root=2"):
+        other = "+model.root=1" if "lag" in override else "+model.lag=1"
+        changed = _hashes(config(override, other))
+        assert changed["pretrain"] != base["pretrain"], override
+        assert changed["split"] == base["split"], override
+
+
+def test_dataset_root_and_display_settings_change_no_key(config, tmp_path):
+    base = config("dataset=cifar10", f"dataset.root={tmp_path / 'a'}")
+    moved = config(
+        "dataset=cifar10",
+        f"dataset.root={tmp_path / 'b'}",
+        "trainer.enable_progress_bar=true",
+        "trainer.log_every_n_steps=3",
+        "divergence.lag=1",
+        "num_workers=3",
+    )
+    assert _hashes(base) == _hashes(moved)
+    assert config_hash(unlearn_key(base)) == config_hash(unlearn_key(moved))
+
+
+def test_divergence_lag_is_dropped_only_at_its_own_path():
+    node = {"divergence": {"lag": 1, "max_abs_loss": 2.0}, "method": {"lag": 3}, "lag": 4}
+    assert determining(node) == {
+        "divergence": {"max_abs_loss": 2.0},
+        "method": {"lag": 3},
+        "lag": 4,
+    }
+    # a sub-node is filtered by the path it sits at
+    assert determining({"lag": 1, "x": 2}, "divergence") == {"x": 2}
+    assert determining({"lag": 1, "x": 2}, "model") == {"lag": 1, "x": 2}
+
+
+def test_every_non_determining_path_names_a_real_key():
+    """Each path is a key of some composed preset (``trainer.default_root_dir`` is set by the
+    stages, so a user can only add it): a typo would silently keep a key in every hash."""
+    presets = [[], ["dataset=cifar10"], ["scheduler@method=cosine"]]
+    seen = set()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        for overrides in presets:
+            cfg = compose("config", overrides=["paths.output_dir=/tmp/x", *overrides])
+            with open_dict(cfg):
+                cfg.pop("hydra", None)
+            for path in NON_DETERMINING:
+                if OmegaConf.select(cfg, path, default="<absent>") != "<absent>":
+                    seen.add(path)
+    assert NON_DETERMINING - seen == {"trainer.default_root_dir"}
+
+
+def test_the_mask_key_follows_the_keys_the_method_declares(config):
+    target = f"method._target_={__name__}.SparseMasked"
+    base = stage_configs(config(target, "+method.sparsity=0.2"))["mask"]
+    assert base["fraction"] == 0.2 and base["batch_size"] == 64
+    other = stage_configs(config(target, "+method.sparsity=0.4"))["mask"]
+    assert config_hash(other) != config_hash(base)
+
+
+@pytest.mark.parametrize("method", ["neggrad", "ga", "retrain"])
+def test_methods_without_a_mask_have_no_mask_settings_in_their_key(config, method):
+    assert set(stage_configs(config(f"method={method}"))["mask"]) == {"pretrain", "split"}

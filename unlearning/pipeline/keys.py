@@ -1,0 +1,116 @@
+"""Stage cache keys: the exact config each cached stage depends on (SPEC §0, docs/pipeline.md).
+
+A stage's key is a hash of the config values that determine its result. Values that do not
+(paths, speed and display settings) are left out by their full dotted path
+(:data:`NON_DETERMINING`), never by their leaf name: a method or model argument that happens to be
+called ``root`` or ``lag`` is part of every key it determines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.methods.base import method_class
+from unlearning.pipeline.stages.scores import uses_scores
+
+#: bump when a stage's computation changes meaning, so old cache entries are not reused.
+CACHE_VERSION = 1
+#: config keys, by full dotted path, that do not change any stage's result.
+NON_DETERMINING = frozenset(
+    {
+        "dataset.root",  # where the real data lives, not what it is
+        "num_workers",  # DataLoader workers: speed
+        "trainer.enable_progress_bar",  # display
+        "trainer.enable_model_summary",  # display
+        "trainer.log_every_n_steps",  # when values reach the loggers, not the values
+        "trainer.default_root_dir",  # set per stage to the stage's work directory
+        "divergence.lag",  # when the guard reads the loss, not what it decides
+        # Hydra's flag that a node is called later with more arguments (always true for these)
+        "optim.optimizer._partial_",
+        "pretrain.optim.optimizer._partial_",
+        "method.scheduler._partial_",
+        "pretrain.scheduler._partial_",
+    }
+)
+#: top-level config keys that do not change the unlearned model (its key in the output dir)
+NOT_UNLEARNING = ("paths", "logger", "eval", "optimized_metric", "hydra")
+
+
+def determining(node: Any, path: str = "") -> Any:
+    """A plain container of ``node`` (the config at dotted ``path``; ``""`` = the root) without
+    the keys whose full path is in :data:`NON_DETERMINING`, recursively. List items keep their
+    list's path."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        prefix = f"{path}." if path else ""
+        return {
+            k: determining(v, f"{prefix}{k}")
+            for k, v in node.items()
+            if f"{prefix}{k}" not in NON_DETERMINING
+        }
+    if isinstance(node, list):
+        return [determining(v, path) for v in node]
+    return node
+
+
+def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The exact config each cached stage depends on (its cache key is a hash of this).
+
+    * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A, its scheduler and
+      ``pretrain.seed``), trainer numerics.
+    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
+    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
+    * ``oracle``: everything of ``pretrain`` and ``split``.
+    * ``mask``: f_A and F, and the method config values that size the mask
+      (:meth:`~unlearning.methods.base.UnlearningMethod.mask_settings`; none for a method
+      without a mask).
+    * ``klom_oracles``: the oracle recipe and the number of oracles of ``eval.klom``.
+
+    The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
+    purpose: changing them reuses all of these stages (the unlearned model's own key is
+    :func:`unlearn_key`).
+    """
+    dataset, split = determining(cfg.dataset, "dataset"), determining(cfg.split, "split")
+    memorization = determining(cfg.memorization, "memorization")
+    scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
+    if memorization.get("source") == "estimate":
+        scores["model"] = determining(cfg.model, "model")
+    if uses_scores(cfg):
+        split = {**split, "scores": scores}
+    pretrain = {
+        "version": CACHE_VERSION,
+        "dataset": dataset,
+        "model": determining(cfg.model, "model"),
+        "pretrain": determining(cfg.pretrain, "pretrain"),
+        "trainer": determining(cfg.trainer, "trainer"),
+    }
+    return {
+        "pretrain": pretrain,
+        "memorization": scores,
+        "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
+        "oracle": {**pretrain, "split": split},
+        # saliency mask of f_A for methods that split the model (MinMax, SalUn)
+        "mask": {
+            "pretrain": pretrain,
+            "split": split,
+            **method_class(cfg.method._target_).mask_settings(cfg.method),
+        },
+        # N oracles for KLoM (eval.klom): the oracle recipe with N seeds
+        "klom_oracles": {
+            **pretrain,
+            "split": split,
+            "models": OmegaConf.select(cfg, "eval.klom.models"),
+        },
+    }
+
+
+def unlearn_key(cfg: DictConfig) -> dict[str, Any]:
+    """The unlearned model's key: the whole config except :data:`NOT_UNLEARNING` (outputs and
+    evaluation) and :data:`NON_DETERMINING`, so every method, ``optim``, ``callbacks`` and
+    ``seed`` value is part of it."""
+    key = {k: v for k, v in determining(cfg).items() if k not in NOT_UNLEARNING}
+    key["version"] = CACHE_VERSION
+    return key
