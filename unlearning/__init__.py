@@ -1,1 +1,2 @@
-"""Machine unlearning on image classifiers: pipeline stages, methods, metrics, cache."""
+"""Machine unlearning on image classifiers (docs/architecture.md): pipeline, methods,
+evaluation, memorization, outputs, report, config and theory labs."""

@@ -7,6 +7,7 @@ import pytest
 
 from datamodules.errors import DataConfigError
 from tests.conftest import cli_dirs, run_cli
+from unlearning.errors import ConfigError
 from unlearning.pipeline.run import run
 
 
@@ -29,8 +30,9 @@ def test_score_file_missing_key_lists_the_arrays(config, tmp_path):
     cfg = config(
         "split=mem_high", "memorization=file", f"memorization.path={path}", cache=tmp_path / "c"
     )
-    with pytest.raises(DataConfigError, match="other"):
-        run(cfg)
+    with pytest.raises(ConfigError, match="only \\['other'\\]") as error:
+        run(cfg)  # refused by the validation layer, before any stage
+    assert error.value.key == "memorization.path"
 
 
 def test_score_file_selects_the_highest_scores_and_records_mean_and_overlaps(config, tmp_path):
