@@ -390,6 +390,7 @@ def test_cli_seed_as_text_fails_at_start_up(tmp_path):
     assert _cli_error(tmp_path, "seed=abc").startswith("seed='abc': must be an integer")
 
 
+@pytest.mark.slow  # a whole sweep or CLI start-up; the default suite keeps one of its kind
 def test_cli_key_added_with_plus_fails_at_start_up(tmp_path):
     assert _cli_error(tmp_path, "+foo=1").startswith("foo=1: must be one of the keys")
 

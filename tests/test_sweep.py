@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import cli_dirs, run_cli
 
 
@@ -33,6 +35,7 @@ def test_multirun_over_methods_pretrains_once_and_retrains_the_oracle_once(tmp_p
     assert all((p.parent / "csv" / "metrics.csv").is_file() for p in results)
 
 
+@pytest.mark.slow  # a whole sweep or CLI start-up; the default suite keeps one of its kind
 def test_second_run_changing_only_alpha_reuses_every_stage(tmp_path):
     common = [
         "pretrain.epochs=2",
@@ -49,6 +52,7 @@ def test_second_run_changing_only_alpha_reuses_every_stage(tmp_path):
     assert log.count("cache hit") == 3
 
 
+@pytest.mark.slow  # a whole sweep or CLI start-up; the default suite keeps one of its kind
 def test_method_by_optimizer_sweep_shares_one_pretraining_and_one_oracle(tmp_path):
     result = run_cli(
         [

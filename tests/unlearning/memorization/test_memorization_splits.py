@@ -55,6 +55,7 @@ def test_score_file_selects_the_highest_scores_and_records_mean_and_overlaps(con
     assert (tmp_path / "run" / "memorization.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a whole sweep or CLI start-up; the default suite keeps one of its kind
 def test_mem_levels_sweep_estimates_scores_once(tmp_path):
     result = run_cli(
         [
