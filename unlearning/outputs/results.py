@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unlearning.files import atomic_write_text
+from unlearning.files import atomic_write_text, writing
 
 MODELS = ("original", "oracle", "unlearned")
 SETS = ("retain", "forget", "test")
@@ -43,7 +43,9 @@ def write_results(
 ) -> None:
     """Atomically write ``results.json``; non-finite numbers become ``null`` (valid JSON).
     ``notes`` maps a metric key (or an evaluation name) to why it is ``null`` or doubtful;
-    ``diverged_at_step`` is the unlearning step at which a ``diverged`` run was stopped."""
+    ``diverged_at_step`` is the unlearning step at which a ``diverged`` run was stopped. A failed
+    write (full disk, read-only folder) raises :class:`~unlearning.errors.WriteError` naming
+    ``hydra.run.dir`` and the file; no half-written ``results.json`` is left (issue 19)."""
     clean = {
         k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None)
         for k, v in metrics.items()
@@ -55,7 +57,8 @@ def write_results(
         "metrics": clean,
         "notes": dict(notes or {}),
     }
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+    with writing(path, "the job's results", "hydra.run.dir"):
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def _pct(value: float) -> str:

@@ -12,12 +12,17 @@ A stage is computed at most once per key:
 * every entry carries a ``manifest.json`` (written last, before the rename): the key, the hash
   of its config, the size and SHA-256 of each file and the library versions. A hit is verified
   against it; an entry that fails (truncated or altered file, missing manifest) is reported,
-  moved aside to ``<key>.corrupt-<time>/`` for inspection and computed again — never loaded.
+  moved aside to ``<key>.corrupt-<time>/`` for inspection and computed again — never loaded;
+* an entry that matches its manifest but whose files cannot be read safely (a file replaced
+  together with its manifest: ``torch.load(weights_only=True)`` refuses it) is treated the same
+  way: moved aside, logged and computed again (issue 19), never a traceback on every run;
+* a write that fails while computing (full disk or quota, read-only folder; PyTorch's zip
+  writer reports a full disk as a ``RuntimeError``) ends as one :class:`CacheWriteError` naming
+  the file and what was written; the ``.partial`` work is kept and the next run resumes it.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -30,10 +35,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from filelock import FileLock
 
-from unlearning.errors import ConfigError
-from unlearning.files import atomic_write_text, unwritable_reason
+from unlearning.errors import ConfigError, WriteError
+from unlearning.files import atomic_write_text, unwritable_reason, write_failure, writing
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,6 @@ META_FILE = "cache_meta.json"
 MANIFEST_FILE = "manifest.json"
 #: packages whose versions are recorded in every manifest (informational, not verified)
 VERSIONED = ("torch", "lightning", "numpy")
-#: ``OSError`` numbers that mean the disk (or the user's quota) is full
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -120,15 +125,52 @@ def verify_entry(entry: Path, key: str) -> str | None:
     return None
 
 
-class CacheWriteError(ConfigError):
-    """The cache could not be written (disk full, no permission): a user-fixable error."""
+def load_problem(entry: Path) -> str | None:
+    """What keeps a file of ``entry`` from loading the way the pipeline loads it, or ``None``.
+
+    Run on a hit after :func:`verify_entry`: a checksum shows a file is the one the manifest
+    names, not that the manifest is honest. ``.pt``/``.ckpt`` files must load with
+    ``torch.load(weights_only=True)`` (no code can run), ``.npy``/``.npz`` with
+    ``allow_pickle=False`` (every array of an archive is read), ``.json`` must parse. Costs one
+    more read of each file per job, like the checksum.
+    """
+    for path in _entry_files(entry):
+        try:
+            if path.suffix in (".pt", ".ckpt"):
+                torch.load(path, map_location="cpu", weights_only=True)
+            elif path.suffix == ".npy":
+                np.load(path, allow_pickle=False)
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as archive:
+                    for name in archive.files:
+                        archive[name]
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except Exception as exc:  # unpicklable, wrong format: never trust it, never a traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return f"{path.relative_to(entry)} does not load ({type(exc).__name__}: {first})"
+    return None
+
+
+def entry_problem(entry: Path, key: str) -> str | None:
+    """What is wrong with a finished entry: its manifest (:func:`verify_entry`), then whether its
+    files load (:func:`load_problem`); ``None`` when it is sound."""
+    return verify_entry(entry, key) or load_problem(entry)
+
+
+class CacheWriteError(WriteError):
+    """A write into the cache failed (full disk or quota, read-only folder, no permission): a
+    user-fixable error naming the file and what was written (issue 19)."""
 
 
 class StageCache:
     """Cache of pipeline stages under ``root``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, setting: str = "paths.cache_dir") -> None:
         self.root = Path(root).expanduser()
+        #: the config key that chose :attr:`root`, named by a failed write (the unlearning
+        #: stage's entries live in the job's output directory: ``hydra.run.dir``)
+        self.setting = setting
 
     def path(self, stage: str, config: Mapping[str, Any]) -> Path:
         """Where the entry of ``stage`` for ``config`` lives (whether or not it exists)."""
@@ -139,11 +181,12 @@ class StageCache:
         return (self.path(stage, config) / MANIFEST_FILE).is_file()
 
     def check_writable(self) -> None:
-        """Raise :class:`CacheWriteError` naming ``paths.cache_dir`` unless the cache root is (or
-        can be created as) a writable directory (:func:`unwritable_reason`). Creates nothing."""
+        """Raise :class:`~unlearning.errors.ConfigError` naming ``paths.cache_dir`` unless the
+        cache root is (or can be created as) a writable directory (:func:`unwritable_reason`).
+        Creates nothing."""
         reason = unwritable_reason(self.root)
         if reason is not None:
-            raise CacheWriteError(
+            raise ConfigError(
                 "paths.cache_dir",
                 str(self.root),
                 f"must be a writable directory ({reason}), e.g. point paths.cache_dir "
@@ -151,10 +194,11 @@ class StageCache:
             )
 
     def _lookup(self, stage: str, final: Path, note: str = "") -> bool:
-        """Whether ``final`` is a sound entry; a corrupt one is reported and moved aside."""
+        """Whether ``final`` is a sound entry (:func:`entry_problem`); a corrupt one is reported
+        and moved aside."""
         if not final.exists():
             return False
-        problem = verify_entry(final, final.name)
+        problem = entry_problem(final, final.name)
         if problem is None:
             log.info("[%s] cache hit%s: %s", stage, note, final)
             return True
@@ -179,30 +223,30 @@ class StageCache:
 
         ``compute(work_dir)`` writes the artefact's files into ``work_dir`` (which may hold a
         previous, interrupted attempt's checkpoints) and may return extra metadata (e.g. the
-        wall time) that is stored in the entry's ``cache_meta.json`` with the config. A full
-        disk while computing raises :class:`CacheWriteError`; ``work_dir`` is kept, so the next
-        run resumes from it.
+        wall time) that is stored in the entry's ``cache_meta.json`` with the config. A failed
+        write while computing (:func:`unlearning.files.write_failure`: full disk or quota,
+        read-only folder) raises :class:`CacheWriteError` naming :attr:`setting`, the file (a
+        stage's own :func:`unlearning.files.writing` names it; else the work directory) and what
+        was written; ``work_dir`` is kept, so the next run resumes from it. Other errors pass.
         """
         final = self.path(stage, config)
-        if final.is_dir() and verify_entry(final, final.name) is None:
+        if final.is_dir() and entry_problem(final, final.name) is None:
             log.info("[%s] cache hit: %s", stage, final)
             return final
+        work = final.with_name(final.name + ".partial")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(final) + ".lock"):
                 if self._lookup(stage, final, " (computed by a concurrent job)"):
                     return final
                 self._compute(stage, config, compute, final)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL and exc.errno not in (errno.EACCES, errno.EROFS):
+        except WriteError as exc:  # named by the stage (or a nested cache): this cache's key
+            raise CacheWriteError(self.setting, exc.path, exc.what, exc.reason) from None
+        except (OSError, RuntimeError) as exc:
+            reason = write_failure(exc)
+            if reason is None:
                 raise
-            raise CacheWriteError(
-                "paths.cache_dir",
-                str(self.root),
-                f"writing the {stage} entry failed ({exc.strerror}); free space or point "
-                "paths.cache_dir at another disk. Finished entries are intact and the "
-                f"interrupted work in {final.name}.partial/ resumes on the next run",
-            ) from None
+            raise CacheWriteError(self.setting, work, f"the {stage} entry", reason) from None
         return final
 
     def _compute(
@@ -226,8 +270,10 @@ class StageCache:
             "seconds": time.perf_counter() - start,
             **extra,
         }
-        atomic_write_text(work / META_FILE, json.dumps(meta, indent=2, default=str))
-        write_manifest(work, stage, config)
+        with writing(work / META_FILE, f"the {stage} entry's metadata", self.setting):
+            atomic_write_text(work / META_FILE, json.dumps(meta, indent=2, default=str))
+        with writing(work / MANIFEST_FILE, f"the {stage} entry's manifest", self.setting):
+            write_manifest(work, stage, config)
         if final.exists():  # cannot happen after _lookup, unless moved in by hand
             shutil.rmtree(final)
         os.replace(work, final)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from unlearning.files import writing
+
 log = logging.getLogger(__name__)
 
 
@@ -53,10 +55,15 @@ class LatestCheckpoint(ModelCheckpoint):
     Its ``state_key`` is computed once: Lightning rebuilds every callback's key for every hook
     call (a profiler label), ~10 times a training step, and ``ModelCheckpoint``'s formats its
     whole configuration each time (bench item 2).
+
+    A failed write (full disk, read-only folder; :func:`unlearning.files.writing`) stops the fit
+    with one :class:`~unlearning.errors.WriteError` naming the file and ``what`` (issue 19); the
+    previous epoch's checkpoint stays, so a rerun after freeing space resumes from it.
     """
 
-    def __init__(self, dirpath: Path | str) -> None:
+    def __init__(self, dirpath: Path | str, what: str = "a training checkpoint") -> None:
         self._key: str | None = None
+        self.what = what
         super().__init__(
             dirpath=dirpath, filename="latest", save_top_k=1, enable_version_counter=False
         )
@@ -66,6 +73,11 @@ class LatestCheckpoint(ModelCheckpoint):
         if self._key is None:
             self._key = super().state_key
         return self._key
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        # the key is a placeholder: the stage cache holding the work directory names its own
+        with writing(filepath, self.what, "paths.cache_dir"):
+            super()._save_checkpoint(trainer, filepath)
 
 
 class ElapsedTime(Callback):

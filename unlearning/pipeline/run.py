@@ -210,7 +210,9 @@ def unlearning_stage(
             ),
         )
     log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
-    entry = distributed.stage_cache(out).get_or_compute(
+    outputs = distributed.stage_cache(out)
+    outputs.setting = "hydra.run.dir"  # a failed write there names the job's directory
+    entry = outputs.get_or_compute(
         "unlearn",
         unlearn_key(key_cfg if key_cfg is not None else cfg),
         lambda d: stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, d, mask),

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import make_config
+from unlearning.errors import ConfigError
 from unlearning.pipeline import cache as cache_module
 from unlearning.pipeline.cache import (
     MANIFEST_FILE,
@@ -172,7 +173,7 @@ def test_writability_check_creates_nothing_and_refuses_a_file_in_the_path(tmp_pa
     StageCache(tmp_path / "new" / "cache").check_writable()
     assert not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("")
-    with pytest.raises(CacheWriteError) as info:
+    with pytest.raises(ConfigError) as info:
         StageCache(tmp_path / "file" / "cache").check_writable()
     assert info.value.key == "paths.cache_dir" and "not a directory" in str(info.value)
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.files import writing
 from unlearning.methods.base import method_class
 from unlearning.pipeline.stages.training import load_model
 
@@ -35,5 +36,7 @@ def compute_forget_mask(
     saliency = forget_gradient_saliency(net, data.eval_dataloader("forget", settings["batch_size"]))
     key = f"method.{cls.mask_keys['fraction']}"
     masks = top_fraction_mask(saliency, settings["fraction"], key=key)
-    torch.save(masks, work_dir / MASK_FILE)
+    # the key is a placeholder: the stage cache holding work_dir names its own
+    with writing(work_dir / MASK_FILE, "the forget mask", "paths.cache_dir"):
+        torch.save(masks, work_dir / MASK_FILE)
     return {"fraction": float(settings["fraction"])}

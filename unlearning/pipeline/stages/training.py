@@ -26,7 +26,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from callbacks.divergence import DivergenceGuard
@@ -34,6 +34,8 @@ from callbacks.rng_state import RNGStateCheckpoint
 from datamodules.sources import ImageSource
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from unlearning.config.topology import per_device_batch_size
+from unlearning.errors import DivergedStageError
+from unlearning.files import writing
 from unlearning.methods.base import UnlearningMethod
 from unlearning.methods.erm import ERM
 from unlearning.pipeline.distributed import is_rank_zero
@@ -135,6 +137,10 @@ class TrainingStage:
         early_stop_ok: a callback that stops the fit before the last epoch (``EarlyStopping``,
             ``trainer.max_time``) ends the stage normally; otherwise that is an error, so an
             unfinished model never becomes a cache entry.
+        diverged_key: when set, a divergence the :attr:`guard` reports is an error naming this
+            config key (:class:`~unlearning.errors.DivergedStageError`) and no model is saved:
+            pretraining and the oracle must end with a usable model, since every later job with
+            their key reuses it (issue 19). Unset (unlearning), a divergence is a result.
     """
 
     name: str
@@ -150,6 +156,7 @@ class TrainingStage:
     guard: DivergenceGuard | None = None
     resume_last_epoch: bool = True
     early_stop_ok: bool = False
+    diverged_key: str | None = None
 
 
 @dataclass
@@ -182,7 +189,9 @@ def run_training_stage(
     states) into ``work_dir/checkpoints/`` and resumes from the last one after an interruption,
     ending with the same weights as an uninterrupted run on CPU. Raises if the fit stopped before
     ``stage.epochs`` without the guard firing (unless ``stage.early_stop_ok`` and a callback
-    asked to stop); with a guard, non-finite weights at the end also count as a divergence.
+    asked to stop); with a guard, non-finite weights at the end also count as a divergence, which
+    raises :class:`~unlearning.errors.DivergedStageError` when ``stage.diverged_key`` is set. A
+    failed write of a checkpoint or the model raises :class:`~unlearning.errors.WriteError`.
     """
     L.seed_everything(stage.seed, workers=True, verbose=False)
     module = stage.build()
@@ -205,7 +214,8 @@ def run_training_stage(
     ckpt_dir = work_dir / "checkpoints"
     callbacks = [
         *sharpness,
-        LatestCheckpoint(ckpt_dir),  # the newest epoch's checkpoint, for resume_from
+        # the newest epoch's checkpoint, for resume_from
+        LatestCheckpoint(ckpt_dir, what=f"the {stage.name} stage's checkpoint"),
         RNGStateCheckpoint(),
         *stage.callbacks,  # after the sharpness callback: they see the finished step
         *fault_callbacks(stage.name),
@@ -225,8 +235,21 @@ def run_training_stage(
     trainer.fit(module, data, ckpt_path=resume, weights_only=True)
     outcome = StageOutcome(module, 0.0, trainer.current_epoch)
     _check_finished(stage, trainer, module, outcome)
+    if outcome.diverged_at_step is not None and stage.diverged_key is not None:
+        # not a usable model: nothing to resume from either, a rerun starts the stage over
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        raise DivergedStageError(
+            stage.diverged_key,
+            OmegaConf.select(cfg, stage.diverged_key),
+            stage.name,
+            outcome.diverged_at_step,
+            outcome.diverged_reason or "diverged",
+        )
     if is_rank_zero():  # the ranks of a DDP fit hold the same weights; one writes them
-        torch.save(module.net.state_dict(), work_dir / MODEL_FILE)
+        path = work_dir / MODEL_FILE
+        # the key is a placeholder: the stage cache holding work_dir names its own
+        with writing(path, f"the {stage.name} stage's model", "paths.cache_dir"):
+            torch.save(module.net.state_dict(), path)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     outcome.seconds = time.perf_counter() - start
     return outcome
@@ -279,8 +302,11 @@ def train_from_scratch(
     (optimizer A = ``pretrain.optim``, scheduler ``pretrain.scheduler``; 000 App. C.1): f_A on
     ``train`` = S (stage ``pretrain``), or the oracle f_A(R) on ``retain`` = R (stage
     ``oracle``), through :func:`run_training_stage`. User callbacks (the ``callbacks`` group) do
-    not apply: these models are cached and shared by every job with the same key. Returns the
-    training time of this attempt and the epochs.
+    not apply: these models are cached and shared by every job with the same key. A
+    :class:`~callbacks.divergence.DivergenceGuard` (non-finite loss or weights only) stops a
+    diverging fit and the stage raises :class:`~unlearning.errors.DivergedStageError` naming
+    ``pretrain.lr``, the step and the reason, so a broken model never becomes an entry (issue
+    19). Returns the training time of this attempt and the epochs.
     """
     p = cfg.pretrain
     name = "pretrain" if train_set == "train" else "oracle"
@@ -296,6 +322,7 @@ def train_from_scratch(
             name=name,
         )
 
+    guard = DivergenceGuard()  # no loss threshold: only a non-finite loss or weights is broken
     stage = TrainingStage(
         name=name,
         seed=p.seed,
@@ -304,6 +331,9 @@ def train_from_scratch(
         batch_size_key="pretrain.batch_size",
         optim=p.optim,
         logger=CSVLogger(work_dir, name="logs"),  # one version per attempt (resumes keep logs)
+        callbacks=[guard],
+        guard=guard,
+        diverged_key="pretrain.lr",  # the most likely cause; the message names the step
     )
     outcome = run_training_stage(cfg, source, forget_indices, stage, work_dir)
     return {"train_seconds": outcome.seconds, "epochs": p.epochs}
