@@ -402,6 +402,52 @@ def test_run_dir_not_writable(tmp_path):
     assert message.startswith("hydra.run.dir=") and "a_file is not a directory" in message
 
 
+# issue 19: writes -------------------------------------------------------------------------
+# a failed write of any kind is one line naming the file; a diverged pretraining is never cached
+
+SPECIAL |= {"write-model-disk-full", "write-results-read-only", "pretrain-diverged"}
+TINY_JOB = ["pretrain.epochs=1", "method.epochs=1", "trainer.limit_train_batches=2"]
+
+
+def test_write_model_disk_full(tmp_path, monkeypatch):
+    """PyTorch's zip writer reports a full disk as a ``RuntimeError`` (real, via /dev/full): one
+    line naming the model file, not a traceback; no pretrain entry."""
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if str(f).endswith("model.pt"):
+            return real_save(obj, "/dev/full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ConfigError) as info:
+        run(make_config(TINY_JOB, tmp_path / "run", tmp_path / "cache"))
+    _expect(info.value, "paths.cache_dir", "writing the pretrain stage's model failed")
+    assert "model.pt" in str(info.value) and "full disk" in str(info.value)
+    assert not list((tmp_path / "cache" / "pretrain").glob("*/manifest.json"))
+
+
+def test_write_results_read_only(tmp_path, monkeypatch):
+    """``results.json`` in a folder that turned read-only: one line naming it."""
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("unlearning.outputs.results.atomic_write_text", read_only)
+    with pytest.raises(ConfigError) as info:
+        run(make_config(TINY_JOB, tmp_path / "run", tmp_path / "cache"))
+    _expect(info.value, "hydra.run.dir", "writing the job's results failed: Read-only")
+    assert str(tmp_path / "run" / "results.json") in str(info.value)
+
+
+def test_pretrain_diverged(tmp_path):
+    """``pretrain.lr=1e30``: the loss turns non-finite; the stage stops, nothing is cached."""
+    with pytest.raises(ConfigError) as info:
+        run(make_config([*TINY_JOB, "pretrain.lr=1e30"], tmp_path / "run", tmp_path / "cache"))
+    _expect(info.value, "pretrain.lr", "must let the pretrain stage train to finite weights")
+    assert not list((tmp_path / "cache" / "pretrain").glob("*/manifest.json"))
+
+
 # ---------------------------------------------------------------------- the catalogue
 
 
