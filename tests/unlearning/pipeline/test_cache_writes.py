@@ -284,3 +284,32 @@ def test_unloadable_arrays_and_metadata_are_quarantined(tmp_path, caplog, name, 
     assert f"{name} does not load" in caplog.text and "\n" not in caplog.records[0].getMessage()
     assert np.load(again / "forget.npy").tolist() == [0, 1, 2]
     assert len(list(tmp_path.glob("split/*.corrupt-*"))) == 1
+
+
+def test_a_diverged_oracle_names_its_stage_and_saves_no_model(tmp_path):
+    from datamodules.sources import build_source
+    from unlearning.pipeline import stages
+
+    cfg = make_config([*TINY, "pretrain.lr=1e30"], tmp_path / "run", tmp_path / "cache")
+    source = build_source(cfg.dataset)
+    with pytest.raises(DivergedStageError) as info:
+        stages.train_from_scratch(cfg, source, np.arange(10), "retain", tmp_path)
+    assert info.value.stage == "oracle" and "the oracle stage" in str(info.value)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_failed_text_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from unlearning.files import atomic_write_text, writing
+
+    real = Path.write_text
+
+    def half(self, text, *args, **kwargs):
+        real(self, text[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    target = tmp_path / "results.json"
+    with pytest.raises(WriteError) as info, writing(target, "the job's results", "hydra.run.dir"):
+        atomic_write_text(target, '{"status": "ok"}')
+    assert info.value.path == str(target) and info.value.key == "hydra.run.dir"
+    assert list(tmp_path.iterdir()) == [], "neither the file nor a temporary one is left"
