@@ -463,3 +463,70 @@ def test_the_catalogue_and_the_tests_list_the_same_cases():
     assert len(documented) >= 90
     special_tests = {name[len("test_") :].replace("_", "-") for name in globals()}
     assert SPECIAL <= special_tests, SPECIAL - special_tests
+
+
+# ---------------------------------------------------------------------- issue 19: paths
+# issue 19: paths. An empty path is refused at start-up, never read as "the working directory"
+# (Path("") is "."): the rule table's WRITABLE_DIR and TEXT kinds, the launcher check for the
+# directories Hydra makes. Written as users type them (`key=`, which Hydra reads as '').
+EMPTY_PATHS: dict[str, tuple[list[str], str, str]] = {
+    "log-dir-empty": (["paths.log_dir="], "paths.log_dir", "can be written"),
+    "output-dir-empty": (["paths.output_dir="], "paths.output_dir", "can be written"),
+    "data-dir-empty": (["paths.data_dir="], "paths.data_dir", "non-empty string"),
+    "dataset-root-empty": (
+        ["dataset=cifar10", "model=resnet18", "dataset.root="],
+        "dataset.root",
+        "non-empty string",
+    ),
+    "score-file-path-empty": (
+        ["split=mem_high", "memorization=file", "memorization.path="],
+        "memorization.path",
+        "non-empty string",
+    ),
+}
+VALUE_ERRORS.update(EMPTY_PATHS)
+SPECIAL |= {"run-dir-empty", "sweep-subdir-empty"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "excerpt"), [pytest.param(*v, id=k) for k, v in EMPTY_PATHS.items()]
+)
+def test_empty_paths_fail_before_any_work(tmp_path, overrides, key, excerpt):
+    test_bad_values_fail_before_any_work_naming_key_and_value(tmp_path, overrides, key, excerpt)
+
+
+@pytest.mark.slow  # a CLI start-up; test_run_dir_not_writable keeps one of its kind by default
+def test_run_dir_empty(tmp_path):
+    """``hydra.run.dir=`` (reachable only from the CLI): refused before Hydra writes anything
+    into the working directory."""
+    message = _cli_error(tmp_path, "hydra.run.dir=")
+    assert message.startswith("hydra.run.dir='': must be a directory that can be written")
+    assert not (tmp_path / ".hydra").exists() and not list(tmp_path.iterdir())
+
+
+def test_sweep_subdir_empty(tmp_path, capsys):
+    """``-m hydra.sweep.subdir=``: every job would write into the sweep directory itself, each
+    overwriting the last one's results.json; refused when the sweep starts (in-process: the
+    launcher check that Hydra calls before the first job)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+    from unlearning.config.sweep import LauncherCheck
+
+    def start(*overrides: str) -> None:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(
+                "config",
+                overrides=[f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
+                return_hydra_config=True,
+            )
+        LauncherCheck().on_multirun_start(cfg)
+
+    start()  # the default subdir passes
+    for blank in ("hydra.sweep.subdir=", "hydra.sweep.subdir=' '"):
+        with pytest.raises(SystemExit) as info:
+            start(blank)
+        assert info.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: hydra.sweep.subdir=") and "overwriting" in line, line
+    assert not (tmp_path / "sweep").exists()

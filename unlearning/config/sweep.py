@@ -166,14 +166,16 @@ class LauncherCheck(Callback):
     creates a directory or submits a job, each ending in one message and exit status 2, no
     traceback. A run or sweep whose output directory cannot be written (``paths.log_dir``,
     ``hydra.run.dir``, ``hydra.sweep.dir``: null, empty, a file on the way, read-only) is
-    refused before Hydra's ``mkdir`` fails with a traceback; a sweep whose launcher cannot work
-    on this machine is refused before anything is submitted."""
+    refused before Hydra's ``mkdir`` fails with a traceback; so is a sweep whose job subdir is
+    empty (issue 19: every job would write into the sweep directory itself); a sweep whose
+    launcher cannot work on this machine is refused before anything is submitted."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_on_error(lambda: _check_output_dirs(config, "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_on_error(lambda: _check_output_dirs(config, "hydra.sweep.dir"))
+        _exit_on_error(lambda: _check_job_subdir(config))
         _exit_on_error(lambda: _check_launcher(config))
 
 
@@ -194,6 +196,24 @@ def _check_output_dirs(config: DictConfig, key: str) -> None:
 
     require("paths.log_dir", OmegaConf.select(config, "paths.log_dir"), WRITABLE_DIR, "logs")
     require(key, OmegaConf.select(config, key), WRITABLE_DIR, "outputs/run")
+
+
+def _check_job_subdir(config: DictConfig) -> None:
+    """``hydra.sweep.subdir`` names a directory below the sweep directory. Hydra joins an empty
+    (or blank, or null) subdir to ``hydra.sweep.dir`` as the sweep directory itself, so every job
+    would write its ``results.json`` over the previous job's (issue 19). Read unresolved: a subdir
+    with an interpolation is resolved per job, after this check."""
+    from unlearning.config.kinds import TEXT, reject
+
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if not TEXT.test(subdir):
+        raise reject(
+            "hydra.sweep.subdir",
+            subdir,
+            "a non-empty directory name below hydra.sweep.dir",
+            "drop the override (the default names each job by its overrides)",
+            "an empty one puts every job in the sweep directory, each overwriting the last",
+        )
 
 
 def _exit_on_error(check: Callable[[], None]) -> None:

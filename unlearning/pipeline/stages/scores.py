@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from datamodules.errors import DataConfigError
 from datamodules.sources import ImageSource
@@ -21,6 +24,13 @@ SCORES_FILE = "scores.npz"
 def uses_scores(cfg: DictConfig) -> bool:
     """Whether the ``split`` rule needs memorization scores."""
     return cfg.split.name in MEMORIZATION_SPLITS
+
+
+def model_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
+    """``cfg.model``'s constructor as a picklable zero-argument callable: ``instantiate`` bound to
+    the resolved model config as a plain dict. ``strategy=processes`` pickles it for its spawned
+    workers (issue 19: a lambda cannot be pickled; a config node would carry its whole tree)."""
+    return functools.partial(instantiate, OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -> dict[str, Any]:
@@ -38,14 +48,14 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         from unlearning.memorization.proxies import learning_speed_proxy
 
         scores = learning_speed_proxy(
-            lambda: instantiate(cfg.model), x, y, **recipe, eval_batch_size=cfg.eval_batch_size
+            model_factory(cfg), x, y, **recipe, eval_batch_size=cfg.eval_batch_size
         )
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "learning_speed", "is_proxy": 1}
     from unlearning.memorization.estimator import estimate_memorization
 
     result = estimate_memorization(
-        lambda: instantiate(cfg.model),
+        model_factory(cfg),
         x,
         y,
         **recipe,
