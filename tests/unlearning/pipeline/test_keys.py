@@ -1,5 +1,6 @@
 """Stage keys leave out non-determining config keys by full dotted path, never by leaf name."""
 
+import shutil
 from typing import ClassVar
 
 import pytest
@@ -7,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF
+from tests.datamodules.test_real_datasets import write_cifar10
 from unlearning.methods import NegGrad
 from unlearning.methods.masked import MaskedMethod
 from unlearning.pipeline.cache import config_hash
@@ -53,6 +55,9 @@ def test_model_arguments_called_lag_or_root_change_the_pretrain_key(config):
 
 
 def test_dataset_root_and_display_settings_change_no_key(config, tmp_path):
+    """The same data at another root (a copy) hits every key."""
+    write_cifar10(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
     base = config("dataset=cifar10", f"dataset.root={tmp_path / 'a'}")
     moved = config(
         "dataset=cifar10",
@@ -64,6 +69,20 @@ def test_dataset_root_and_display_settings_change_no_key(config, tmp_path):
     )
     assert _hashes(base) == _hashes(moved)
     assert config_hash(unlearn_key(base)) == config_hash(unlearn_key(moved))
+
+
+def test_other_data_under_the_same_root_never_shares_an_entry(config, tmp_path):
+    """Issue 19: the key is the data, not its path. Another dataset written where the first one
+    was (same root, same file names) misses every entry of the first."""
+    root = tmp_path / "data"
+    cfg = config("dataset=cifar10", f"dataset.root={root}")
+    write_cifar10(root)
+    first, first_unlearn = _hashes(cfg), config_hash(unlearn_key(cfg))
+    shutil.rmtree(root)
+    write_cifar10(root, labels_up_to=9)  # other labels, the same layout and sizes
+    second = _hashes(cfg)
+    assert all(first[stage] != second[stage] for stage in first), (first, second)
+    assert config_hash(unlearn_key(cfg)) != first_unlearn
 
 
 def test_divergence_lag_is_dropped_only_at_its_own_path():
