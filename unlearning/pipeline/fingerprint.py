@@ -55,7 +55,7 @@ class DigestMemo:
     :data:`RACY_NS` is never memoised. ``directory=None`` keeps no memo."""
 
     def __init__(self, directory: str | os.PathLike | None) -> None:
-        self.path = Path(directory) / MEMO_FILE if directory is not None else None
+        self.path = Path(directory).expanduser() / MEMO_FILE if directory is not None else None
         self.entries: dict[str, list] = {}
         self.changed = False
         if self.path is not None and self.path.is_file():
