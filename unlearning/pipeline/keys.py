@@ -13,13 +13,14 @@ files under the same ``dataset.root`` never reuse an entry and a copy of the dat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.sources import ImageSource, build_source
 from unlearning.methods.base import method_class
-from unlearning.pipeline.fingerprint import data_fingerprint
+from unlearning.pipeline.fingerprint import DigestMemo, data_fingerprint
 from unlearning.pipeline.stages.scores import uses_scores
 
 #: bump when a stage's computation changes meaning, so old cache entries are not reused.
@@ -75,12 +76,28 @@ def dataset_key(cfg: DictConfig, source: ImageSource | None = None) -> dict[str,
     return {**determining(cfg.dataset, "dataset"), CONTENT: content}
 
 
+def memorization_key(cfg: DictConfig) -> dict[str, Any]:
+    """The determining ``memorization`` config; with ``memorization.source=file`` its ``path``
+    is replaced by the SHA-256 of the file's bytes (memoised like the data's files): the scores
+    are what the split reads, not where they lie."""
+    memorization = determining(cfg.memorization, "memorization")
+    path = memorization.get("path")
+    if memorization.get("source") == "file" and path is not None:
+        file = Path(str(path)).expanduser()
+        if file.is_file():
+            memo = DigestMemo(OmegaConf.select(cfg, "paths.cache_dir"))
+            memorization["path"] = f"sha256:{memo.digest(file)}"
+            memo.save()
+    return memorization
+
+
 def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[str, dict[str, Any]]:
     """The exact config each cached stage depends on (its cache key is a hash of this).
 
     * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A, its scheduler and
       ``pretrain.seed``), trainer numerics.
-    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
+    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator;
+      a score file by its bytes, :func:`memorization_key`).
     * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
     * ``oracle``: everything of ``pretrain`` and ``split``.
     * ``mask``: f_A and F, and the method config values that size the mask
@@ -96,7 +113,7 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
     :func:`unlearn_key`).
     """
     dataset, split = dataset_key(cfg, source), determining(cfg.split, "split")
-    memorization = determining(cfg.memorization, "memorization")
+    memorization = memorization_key(cfg)
     scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
     if memorization.get("source") == "estimate":
         scores["model"] = determining(cfg.model, "model")
@@ -136,5 +153,7 @@ def unlearn_key(cfg: DictConfig, source: ImageSource | None = None) -> dict[str,
     (:func:`dataset_key`)."""
     key = {k: v for k, v in determining(cfg).items() if k not in NOT_UNLEARNING}
     key["dataset"] = dataset_key(cfg, source)
+    if "memorization" in key:
+        key["memorization"] = memorization_key(cfg)
     key["version"] = CACHE_VERSION
     return key

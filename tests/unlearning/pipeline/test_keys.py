@@ -3,6 +3,7 @@
 import shutil
 from typing import ClassVar
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
@@ -124,3 +125,22 @@ def test_the_mask_key_follows_the_keys_the_method_declares(config):
 @pytest.mark.parametrize("method", ["neggrad", "ga", "retrain"])
 def test_methods_without_a_mask_have_no_mask_settings_in_their_key(config, method):
     assert set(stage_configs(config(f"method={method}"))["mask"]) == {"pretrain", "split"}
+
+
+def test_a_score_file_is_keyed_by_its_bytes_not_its_path(config, tmp_path):
+    """Issue 19: the memorization and split keys read the scores, not where they lie."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, tr_mem=np.linspace(0, 1, 1438))
+    shutil.copy(a, b)
+
+    def keyed(path):
+        cfg = config("split=mem_high", "memorization=file", f"memorization.path={path}")
+        return _hashes(cfg), config_hash(unlearn_key(cfg))
+
+    first = keyed(a)
+    assert keyed(b) == first
+    np.savez(a, tr_mem=np.linspace(1, 0, 1438))  # other scores at the same path
+    other, other_unlearn = keyed(a)
+    assert other["memorization"] != first[0]["memorization"]
+    assert other["split"] != first[0]["split"] and other_unlearn != first[1]
+    assert other["pretrain"] == first[0]["pretrain"], "pretraining reads no scores"
