@@ -53,6 +53,16 @@ class Digits(TensorSource):
             )
         self.test_fraction, self.split_seed = test_fraction, split_seed
 
+    def data_arrays(self) -> list[np.ndarray]:
+        """scikit-learn's stored digits (pixels 0..16), labels and this source's test mask: the
+        standardised tensors follow from them, and hashing integers-valued inputs, not a float
+        reduction's result, gives the same fingerprint on every machine."""
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        mask = _stratified_test_mask(bunch.target, self.test_fraction, self.split_seed)
+        return [bunch.images, bunch.target, mask]
+
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
 

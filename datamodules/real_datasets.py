@@ -15,7 +15,9 @@ once, the train augmentation per batch by :class:`~datamodules.batch_augment.Bat
 (``augment_impl="batched"``, the default; ``"per_sample"`` keeps torchvision's PIL transforms per
 item). Every ``check()`` is cheap (file existence only) and raises
 :class:`~datamodules.errors.DatasetNotFoundError` naming ``dataset.root``, the path and the
-expected layout; ``docs/datasets.md`` describes each layout.
+expected layout; ``docs/datasets.md`` describes each layout. ``check_contents()`` (at start-up,
+before any training) reads the labels of both parts and what the format allows cheaply; and
+``data_files()`` lists the files the pipeline hashes into the cache keys.
 """
 
 from __future__ import annotations
@@ -166,6 +168,15 @@ class RealImageSource(ImageSource):
             if not path.exists():
                 self._not_found(path)
 
+    def _named(self, path: Path) -> tuple[str, Path]:
+        """``(path relative to the root, path)``: the name a data file has in the fingerprint, so
+        that a copy of the dataset elsewhere has the same one."""
+        return path.relative_to(self.root).as_posix(), path
+
+    def _check_not_empty(self, part: Part, n: int) -> None:
+        if n == 0:
+            self._not_found(f"no samples in the {part} part")
+
     def _not_found(self, missing: Path | str) -> NoReturn:
         raise DatasetNotFoundError(
             ROOT_KEY, self.root, f"{self.layout.rstrip()}\n(missing: {missing})"
@@ -251,6 +262,18 @@ class _InMemorySource(RealImageSource):
             self._check_labels(labels)
             self._parts[part] = (images, labels)
         return self._parts[part]
+
+    def check_contents(self) -> None:
+        """Read both parts (train and test): every file is unpickled or loaded and its images and
+        labels checked. The job holds them in memory anyway, so this only moves the reading of
+        the test files from the evaluation to start-up."""
+        self.check()
+        for part in ("train", "test"):
+            self._check_not_empty(part, len(self.arrays(part)[1]))
+
+    def data_files(self) -> list[tuple[str, Path]]:
+        """The data files (:meth:`required_paths` are exactly the files of both parts)."""
+        return [self._named(path) for path in self.required_paths()]
 
     def dataset(self, part: Part, augment: bool) -> Dataset:
         images, labels = self.arrays(part)
@@ -532,6 +555,34 @@ class _FileSource(RealImageSource):
             self._samples[part] = samples
         return self._samples[part]
 
+    #: metadata files (beside the images) that determine the labels, relative to the root
+    label_files: tuple[str, ...] = ()
+
+    def check_contents(self) -> None:
+        """List both parts (every label checked, :meth:`samples`) and open the header of the
+        first image of each class in each part, without decoding: one open per class and part,
+        not one per image (1.3 M for ImageNet)."""
+        self.check()
+        for part in ("train", "test"):
+            first: dict[int, str] = {}
+            for path, label in self.samples(part):
+                first.setdefault(label, path)
+            for path in first.values():
+                try:
+                    with Image.open(path) as img:
+                        img.size  # noqa: B018 - the header is parsed on open; size proves it
+                except (OSError, ValueError) as exc:
+                    raise DataConfigError(
+                        ROOT_KEY, str(self.root), f"{path} is not a readable image ({exc})"
+                    ) from None
+
+    def data_files(self) -> list[tuple[str, Path]]:
+        """The label files and every image of both parts (their folders name the classes)."""
+        files = [self._named(self.root / name) for name in self.label_files]
+        for part in ("train", "test"):
+            files.extend(self._named(Path(path)) for path, _ in self.samples(part))
+        return files
+
     def dataset(self, part: Part, augment: bool) -> Dataset:
         return FileImageDataset(self.samples(part), self.transform(augment))
 
@@ -559,6 +610,7 @@ class TinyImageNet(_FileSource):
         "    val/val_annotations.txt   (tab-separated: filename, wnid, x0, y0, x1, y1)"
     )
     default_mean, default_std = TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
+    label_files = ("wnids.txt", "val/val_annotations.txt")
 
     def required_paths(self) -> list[Path]:
         return [

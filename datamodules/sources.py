@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +43,27 @@ class ImageSource(ABC):
 
     def check(self) -> None:  # noqa: B027 - optional hook, a no-op for sources without files
         """Fail fast (before any training) if the data cannot be found. Cheap: no image decoding."""
+
+    def check_contents(self) -> None:
+        """Open what the job will read of every part (train and test) and check it: labels in
+        range and non-empty parts. Called once at start-up, before any training (issue 19: a
+        broken test file used to fail only at the evaluation, after pretraining). Sources read
+        labels and file headers, not every image, where their format allows."""
+        self.check()
+        for part in ("train", "test"):
+            labels = self.targets(part)
+            self._check_labels(labels)
+
+    def data_files(self) -> list[tuple[str, Path]]:
+        """The files whose bytes are this source's data, as ``(name under the root, path)``; the
+        pipeline hashes them into every stage key (the data, not its path, identifies a cache
+        entry). ``[]`` for a source without files."""
+        return []
+
+    def data_arrays(self) -> list[np.ndarray]:
+        """The arrays that are this source's data when it has no files (embedded or synthetic
+        data), hashed into the stage keys like :meth:`data_files`. ``[]`` by default."""
+        return []
 
     @abstractmethod
     def dataset(self, part: Part, augment: bool) -> Dataset:
@@ -117,6 +139,7 @@ class TensorSource(ImageSource):
         if self._data is None:
             data = self.load()
             self._check_labels(data[1].numpy())
+            self._check_labels(data[3].numpy())
             self._data = data
         return self._data
 
@@ -128,6 +151,10 @@ class TensorSource(ImageSource):
     def targets(self, part: Part) -> np.ndarray:
         _, y_train, _, y_test = self._tensors()
         return (y_train if part == "train" else y_test).numpy().astype(np.int64)
+
+    def data_arrays(self) -> list[np.ndarray]:
+        """The four tensors of :meth:`load` (train and test images and labels)."""
+        return [t.numpy() for t in self._tensors()]
 
     def in_memory(self, part: Part, augment: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
         if augment and self.train_transform() is not None:
@@ -182,6 +209,15 @@ class NoisyLabels(ImageSource):
 
     def check(self) -> None:
         self.base.check()
+
+    def check_contents(self) -> None:
+        self.base.check_contents()
+
+    def data_files(self) -> list[tuple[str, Path]]:
+        return self.base.data_files()
+
+    def data_arrays(self) -> list[np.ndarray]:
+        return [*self.base.data_arrays(), self.noisy_targets]
 
     def targets(self, part: Part) -> np.ndarray:
         return self.noisy_targets if part == "train" else self.base.targets(part)

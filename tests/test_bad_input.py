@@ -170,6 +170,9 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
     "log-dir-null": (["paths.log_dir=null"], "paths.log_dir", "can be written"),
     # data on disk
     "data-missing": (["dataset=cifar10", "model=resnet18"], "dataset.root", "cifar-10-batches-py"),
+    # issue 19: data (empty sets, named by the key that emptied them)
+    "test-set-empty": (["dataset.test_fraction=0.001"], "dataset.test_fraction", "test part"),
+    "train-set-empty": (["dataset.test_fraction=0.999"], "dataset.test_fraction", "train part"),
 }
 VALUE_PARAMS = [pytest.param(*v, id=k) for k, v in VALUE_ERRORS.items()]
 VALUE_PARAMS.append(
@@ -201,6 +204,10 @@ SPECIAL = {
     "run-dir-not-writable",
     "disk-full",
     "augment-impl-unknown",
+    # issue 19: data
+    "data-test-part-broken",
+    "score-file-infinite",
+    "score-file-too-few-finite",
 }
 
 
@@ -530,3 +537,39 @@ def test_sweep_subdir_empty(tmp_path, capsys):
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith("error: hydra.sweep.subdir=") and "overwriting" in line, line
     assert not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------------- issue 19: data
+
+
+def test_data_test_part_broken(tmp_path):
+    """A broken ``test_batch`` (the train batches intact) fails at start-up, not at the
+    evaluation after pretraining and the oracle."""
+    root = _cifar_root(tmp_path, {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"truncated")
+    cfg = make_config(
+        ["dataset=cifar10", "model=resnet18", f"dataset.root={root}"], tmp_path, tmp_path / "c"
+    )
+    with pytest.raises(DataConfigError) as info:
+        run(cfg)
+    _expect(info.value, "dataset.root", "not a readable CIFAR batch")
+    assert "test_batch" in str(info.value)
+    assert not (tmp_path / "c").exists(), "nothing trained or cached"
+
+
+def test_score_file_infinite(tmp_path):
+    path = tmp_path / "scores.npz"
+    scores = np.linspace(0, 1, 1438)
+    scores[7] = np.inf
+    np.savez(path, tr_mem=scores)
+    _expect(_score_error(tmp_path, path), "memorization.path", "1 of its 1438 scores are infinite")
+
+
+def test_score_file_too_few_finite(tmp_path):
+    """NaN marks an undefined score (never chosen): too few defined ones for |F| fail at
+    start-up instead of in the split stage, after pretraining."""
+    path = tmp_path / "scores.npz"
+    scores = np.full(1438, np.nan)
+    scores[:5] = 0.5
+    np.savez(path, tr_mem=scores)
+    _expect(_score_error(tmp_path, path), "memorization.path", "finite scores for split.size")

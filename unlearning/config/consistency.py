@@ -16,6 +16,7 @@ import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +33,9 @@ from unlearning.config.topology import (
     world_size,
 )
 from unlearning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from datamodules.sources import ImageSource
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 #: Lightning strategies that train in this one process
@@ -366,3 +370,99 @@ def _chains_passes(cfg: DictConfig) -> bool:
 
     method = locate(cfg.method._target_)
     return getattr(method, "epoch_passes", None) is not UnlearningMethod.epoch_passes
+
+
+# ------------------------------------------------------------------------------ the loaded data
+# (issue 19) These rules need the data source, built and checked on disk by
+# unlearning.pipeline.run.check_inputs: they run there, after validate_config and before any
+# training, and name the key that made a set empty.
+
+
+def _size_key(cfg: DictConfig, part: str) -> tuple[str, Any, str]:
+    """The config key that sizes ``part`` of the dataset, its value and an example fix."""
+    dataset = cfg.dataset
+    if "test_fraction" in dataset:  # digits: one fraction cuts both parts
+        return "dataset.test_fraction", dataset.test_fraction, "0.2"
+    if f"n_{part}" in dataset:  # signal_noise
+        return f"dataset.n_{part}", dataset[f"n_{part}"], "1000" if part == "test" else "400"
+    return "dataset.root", str(dataset.get("root")), "the root of a complete copy of the data"
+
+
+def check_data_sets(cfg: DictConfig, source: ImageSource) -> None:
+    """The train part holds at least 2 samples (F and R each need one), the test part one; a
+    class or group split names a class that is in S and leaves R and D_test non-empty. Each
+    message names the key that made the set empty: an empty set used to surface as a division
+    by zero (or a NaN accuracy) in the evaluation, after all the training."""
+    n_train, n_test = len(source.targets("train")), len(source.targets("test"))
+    for part, n, least in (("train", n_train, 2), ("test", n_test, 1)):
+        if n < least:
+            key, value, fix = _size_key(cfg, part)
+            raise reject(
+                key,
+                value,
+                f"a value that leaves the {part} part at least {least} "
+                f"sample{'s' if least > 1 else ''}",
+                fix,
+                f"it holds {n}",
+            )
+    split = cfg.split
+    if split.name not in ("class", "group"):
+        return
+    key, label = (
+        ("split.label", split.label)
+        if split.name == "class"
+        else (
+            "split.fine_label",
+            split.fine_label,
+        )
+    )
+    if split.name == "class":
+        train, test = source.targets("train"), source.targets("test")
+    else:
+        train, test = source.fine_targets("train"), source.fine_targets("test")
+    present = sorted(set(np.unique(train).tolist()))
+    in_s = int((train == label).sum())
+    if in_s == 0 or in_s == len(train):
+        why = "no sample of S has it" if in_s == 0 else "every sample of S has it: R is empty"
+        raise reject(
+            key,
+            label,
+            f"a class of S that leaves R non-empty, one of {present[:20]}",
+            str(present[0] if present[0] != label else present[-1]),
+            why,
+        )
+    if not (test != label).any():
+        raise reject(
+            key,
+            label,
+            "a class that leaves samples of other classes in D_test",
+            str(present[0] if present[0] != label else present[-1]),
+            "D_test without it is empty",
+        )
+
+
+def check_scores(cfg: DictConfig, scores: np.ndarray, n_forget: int) -> None:
+    """Scores read from a file (``memorization=file``) are finite or NaN (NaN: a sample the
+    estimator never held out, never chosen), and enough of them are finite to pick F (three
+    times |F| with ``split.disjoint``, whose levels share no sample). Found at start-up rather
+    than in the split stage, after pretraining."""
+    path = str(Path(cfg.memorization.path).expanduser())
+    infinite = int(np.isinf(scores).sum())
+    if infinite:
+        raise reject(
+            "memorization.path",
+            path,
+            "a score file of finite scores (NaN for an undefined one)",
+            "data/memorization/cifar100.npz (docs/memorization.md)",
+            f"{infinite} of its {len(scores)} scores are infinite",
+        )
+    needed = n_forget * (3 if cfg.split.get("disjoint", False) else 1)
+    finite = int(np.isfinite(scores).sum())
+    if finite < needed:
+        raise reject(
+            "memorization.path",
+            path,
+            f"a score file with at least {needed} finite scores for split.size={cfg.split.size}",
+            "split.size=0.01",
+            f"it has {finite}; the others are NaN",
+        )

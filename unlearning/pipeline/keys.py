@@ -4,19 +4,29 @@ A stage's key is a hash of the config values that determine its result. Values t
 (paths, speed and display settings) are left out by their full dotted path
 (:data:`NON_DETERMINING`), never by their leaf name: a method or model argument that happens to be
 called ``root`` or ``lag`` is part of every key it determines.
+
+Where the data lives is not part of a key, what it is is: every key holds the data's fingerprint
+(:func:`unlearning.pipeline.fingerprint.data_fingerprint`) as ``dataset.content``, so that other
+files under the same ``dataset.root`` never reuse an entry and a copy of the data elsewhere does
+(issue 19).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.sources import ImageSource, build_source
 from unlearning.methods.base import method_class
+from unlearning.pipeline.fingerprint import DigestMemo, data_fingerprint
 from unlearning.pipeline.stages.scores import uses_scores
 
 #: bump when a stage's computation changes meaning, so old cache entries are not reused.
 CACHE_VERSION = 1
+#: the key, inside each key's ``dataset`` node, that holds the data's fingerprint
+CONTENT = "content"
 #: config keys, by full dotted path, that do not change any stage's result.
 NON_DETERMINING = frozenset(
     {
@@ -56,12 +66,38 @@ def determining(node: Any, path: str = "") -> Any:
     return node
 
 
-def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+def dataset_key(cfg: DictConfig, source: ImageSource | None = None) -> dict[str, Any]:
+    """The ``dataset`` node of every key: its determining config and, as :data:`CONTENT`, the
+    fingerprint of the data ``source`` reads (``None``: the source ``cfg.dataset`` builds; the
+    pipeline passes the one it checked, so a job hashes its data once)."""
+    if source is None:
+        source = build_source(cfg.dataset)
+    content = data_fingerprint(source, OmegaConf.select(cfg, "paths.cache_dir"))
+    return {**determining(cfg.dataset, "dataset"), CONTENT: content}
+
+
+def memorization_key(cfg: DictConfig) -> dict[str, Any]:
+    """The determining ``memorization`` config; with ``memorization.source=file`` its ``path``
+    is replaced by the SHA-256 of the file's bytes (memoised like the data's files): the scores
+    are what the split reads, not where they lie."""
+    memorization = determining(cfg.memorization, "memorization")
+    path = memorization.get("path")
+    if memorization.get("source") == "file" and path is not None:
+        file = Path(str(path)).expanduser()
+        if file.is_file():
+            memo = DigestMemo(OmegaConf.select(cfg, "paths.cache_dir"))
+            memorization["path"] = f"sha256:{memo.digest(file)}"
+            memo.save()
+    return memorization
+
+
+def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[str, dict[str, Any]]:
     """The exact config each cached stage depends on (its cache key is a hash of this).
 
     * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A, its scheduler and
       ``pretrain.seed``), trainer numerics.
-    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator).
+    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator;
+      a score file by its bytes, :func:`memorization_key`).
     * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
     * ``oracle``: everything of ``pretrain`` and ``split``.
     * ``mask``: f_A and F, and the method config values that size the mask
@@ -69,12 +105,15 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
       without a mask).
     * ``klom_oracles``: the oracle recipe and the number of oracles of ``eval.klom``.
 
+    Every ``dataset`` node holds the data's fingerprint (:func:`dataset_key`; ``source`` is the
+    job's data source, ``None`` builds it from ``cfg.dataset``).
+
     The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
     purpose: changing them reuses all of these stages (the unlearned model's own key is
     :func:`unlearn_key`).
     """
-    dataset, split = determining(cfg.dataset, "dataset"), determining(cfg.split, "split")
-    memorization = determining(cfg.memorization, "memorization")
+    dataset, split = dataset_key(cfg, source), determining(cfg.split, "split")
+    memorization = memorization_key(cfg)
     scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
     if memorization.get("source") == "estimate":
         scores["model"] = determining(cfg.model, "model")
@@ -107,10 +146,14 @@ def stage_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def unlearn_key(cfg: DictConfig) -> dict[str, Any]:
+def unlearn_key(cfg: DictConfig, source: ImageSource | None = None) -> dict[str, Any]:
     """The unlearned model's key: the whole config except :data:`NOT_UNLEARNING` (outputs and
     evaluation) and :data:`NON_DETERMINING`, so every method, ``optim``, ``callbacks`` and
-    ``seed`` value is part of it."""
+    ``seed`` value is part of it; its ``dataset`` node holds the data's fingerprint
+    (:func:`dataset_key`)."""
     key = {k: v for k, v in determining(cfg).items() if k not in NOT_UNLEARNING}
+    key["dataset"] = dataset_key(cfg, source)
+    if "memorization" in key:
+        key["memorization"] = memorization_key(cfg)
     key["version"] = CACHE_VERSION
     return key

@@ -24,6 +24,7 @@ from torch import nn
 from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
+from unlearning.config.consistency import check_data_sets, check_scores
 from unlearning.config.validation import validate_config
 from unlearning.errors import unwrap_user_error
 from unlearning.evaluation.batch_fit import AUTO, largest_batch
@@ -116,26 +117,32 @@ class Artefacts:
 
 
 def check_inputs(cfg: DictConfig) -> ImageSource:
-    """Everything that can be checked before any training: config values, the data on disk, the
-    forget-set size and a score file. Returns the data source."""
+    """Everything that can be checked before any training: config values, every data file the
+    job reads (train and test parts, their labels: :meth:`ImageSource.check_contents`), no
+    empty set, the class a split names, the forget-set size and a score file (length, finite
+    values). Returns the data source."""
     validate_config(cfg)
     try:
         source = build_source(cfg.dataset)
     except InstantiationException as exc:  # a dataset constructor's DataConfigError, unwrapped
         raise unwrap_user_error(exc) from None
-    source.check()
+    source.check_contents()
+    check_data_sets(cfg, source)
+    n_forget = None
     if "size" in cfg.split:
-        forget_count(cfg.split.size, len(source.targets("train")))
+        n_forget = forget_count(cfg.split.size, len(source.targets("train")))
     if stages.uses_scores(cfg) and cfg.memorization.source == "file":
         mem = cfg.memorization
-        stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
+        scores = stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
+        if n_forget is not None:
+            check_scores(cfg, scores, n_forget)
     return source
 
 
 def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Artefacts:
     """Pretraining, memorization scores (if the split needs them), the split and the oracle, each
     computed once per key and reused by every later job."""
-    keys = stage_configs(cfg)
+    keys = stage_configs(cfg, source)
     pretrained = cache.get_or_compute(
         "pretrain",
         keys["pretrain"],
@@ -204,7 +211,7 @@ def unlearning_stage(
     if method.needs_forget_mask:
         mask = cache.get_or_compute(
             "mask",
-            stage_configs(cfg)["mask"],
+            stage_configs(cfg, source)["mask"],
             lambda d: stages.compute_forget_mask(
                 cfg, source, art.forget_indices, art.pretrained, d
             ),
@@ -214,7 +221,7 @@ def unlearning_stage(
     outputs.setting = "hydra.run.dir"  # a failed write there names the job's directory
     entry = outputs.get_or_compute(
         "unlearn",
-        unlearn_key(key_cfg if key_cfg is not None else cfg),
+        unlearn_key(key_cfg if key_cfg is not None else cfg, source),
         lambda d: stages.unlearn(cfg, source, art.forget_indices, art.pretrained, loggers, d, mask),
     )
     meta = StageCache.meta(entry)
@@ -293,7 +300,7 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         job,
         store,
         cache,
-        stage_configs(job)["klom_oracles"],
+        stage_configs(job, source)["klom_oracles"],
         unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
         from_scratch=method_class(job.method._target_).from_scratch,
         device=device,

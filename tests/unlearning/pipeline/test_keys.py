@@ -1,12 +1,15 @@
 """Stage keys leave out non-determining config keys by full dotted path, never by leaf name."""
 
+import shutil
 from typing import ClassVar
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF
+from tests.datamodules.test_real_datasets import write_cifar10
 from unlearning.methods import NegGrad
 from unlearning.methods.masked import MaskedMethod
 from unlearning.pipeline.cache import config_hash
@@ -53,6 +56,9 @@ def test_model_arguments_called_lag_or_root_change_the_pretrain_key(config):
 
 
 def test_dataset_root_and_display_settings_change_no_key(config, tmp_path):
+    """The same data at another root (a copy) hits every key."""
+    write_cifar10(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
     base = config("dataset=cifar10", f"dataset.root={tmp_path / 'a'}")
     moved = config(
         "dataset=cifar10",
@@ -64,6 +70,20 @@ def test_dataset_root_and_display_settings_change_no_key(config, tmp_path):
     )
     assert _hashes(base) == _hashes(moved)
     assert config_hash(unlearn_key(base)) == config_hash(unlearn_key(moved))
+
+
+def test_other_data_under_the_same_root_never_shares_an_entry(config, tmp_path):
+    """Issue 19: the key is the data, not its path. Another dataset written where the first one
+    was (same root, same file names) misses every entry of the first."""
+    root = tmp_path / "data"
+    cfg = config("dataset=cifar10", f"dataset.root={root}")
+    write_cifar10(root)
+    first, first_unlearn = _hashes(cfg), config_hash(unlearn_key(cfg))
+    shutil.rmtree(root)
+    write_cifar10(root, labels_up_to=9)  # other labels, the same layout and sizes
+    second = _hashes(cfg)
+    assert all(first[stage] != second[stage] for stage in first), (first, second)
+    assert config_hash(unlearn_key(cfg)) != first_unlearn
 
 
 def test_divergence_lag_is_dropped_only_at_its_own_path():
@@ -105,3 +125,22 @@ def test_the_mask_key_follows_the_keys_the_method_declares(config):
 @pytest.mark.parametrize("method", ["neggrad", "ga", "retrain"])
 def test_methods_without_a_mask_have_no_mask_settings_in_their_key(config, method):
     assert set(stage_configs(config(f"method={method}"))["mask"]) == {"pretrain", "split"}
+
+
+def test_a_score_file_is_keyed_by_its_bytes_not_its_path(config, tmp_path):
+    """Issue 19: the memorization and split keys read the scores, not where they lie."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, tr_mem=np.linspace(0, 1, 1438))
+    shutil.copy(a, b)
+
+    def keyed(path):
+        cfg = config("split=mem_high", "memorization=file", f"memorization.path={path}")
+        return _hashes(cfg), config_hash(unlearn_key(cfg))
+
+    first = keyed(a)
+    assert keyed(b) == first
+    np.savez(a, tr_mem=np.linspace(1, 0, 1438))  # other scores at the same path
+    other, other_unlearn = keyed(a)
+    assert other["memorization"] != first[0]["memorization"]
+    assert other["split"] != first[0]["split"] and other_unlearn != first[1]
+    assert other["pretrain"] == first[0]["pretrain"], "pretraining reads no scores"
