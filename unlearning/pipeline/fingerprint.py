@@ -29,6 +29,7 @@ import numpy as np
 
 from datamodules.sources import ImageSource
 from unlearning.files import atomic_write_text
+from unlearning.pipeline.cache import file_sha256
 
 #: the memo of file digests, ``{path: [size, mtime_ns, inode, sha256]}``, under the cache directory
 MEMO_FILE = "data_fingerprints.json"
@@ -44,9 +45,8 @@ _by_source: weakref.WeakKeyDictionary[ImageSource, str] = weakref.WeakKeyDiction
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of the bytes of ``path``."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """SHA-256 of the bytes of ``path`` (the cache's own chunked reader; the manifests use it)."""
+    return file_sha256(Path(path))
 
 
 class DigestMemo:
