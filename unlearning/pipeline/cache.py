@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from unlearning.errors import ConfigError, WriteError
-from unlearning.files import atomic_write_text, unwritable_reason, write_failure, writing
+from unlearning.errors import WriteError
+from unlearning.files import atomic_write_text, write_failure, writing
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +179,6 @@ class StageCache:
     def has(self, stage: str, config: Mapping[str, Any]) -> bool:
         """Whether a finished entry exists (not verified; :meth:`get_or_compute` verifies)."""
         return (self.path(stage, config) / MANIFEST_FILE).is_file()
-
-    def check_writable(self) -> None:
-        """Raise :class:`~unlearning.errors.ConfigError` naming ``paths.cache_dir`` unless the
-        cache root is (or can be created as) a writable directory (:func:`unwritable_reason`).
-        Creates nothing."""
-        reason = unwritable_reason(self.root)
-        if reason is not None:
-            raise ConfigError(
-                "paths.cache_dir",
-                str(self.root),
-                f"must be a writable directory ({reason}), e.g. point paths.cache_dir "
-                "(or $UNLEARNING_CACHE_DIR) at a writable directory such as ~/.cache/unlearning",
-            )
 
     def _lookup(self, stage: str, final: Path, note: str = "") -> bool:
         """Whether ``final`` is a sound entry (:func:`entry_problem`); a corrupt one is reported

@@ -283,8 +283,10 @@ class RankAwareCache(StageCache):
     stage runs on rank 0 only. The other ranks poll the store for the finished entry.
     """
 
-    def __init__(self, root: str | os.PathLike, current: Session) -> None:
-        super().__init__(root)
+    def __init__(
+        self, root: str | os.PathLike, current: Session, setting: str = "paths.cache_dir"
+    ) -> None:
+        super().__init__(root, setting)
         self.session = current
 
     def get_or_compute(
@@ -320,6 +322,9 @@ class RankAwareCache(StageCache):
                 time.sleep(POLL_S)
 
 
-def stage_cache(root: str | os.PathLike) -> StageCache:
-    """The stage cache for this process: rank-aware inside a multi-process job."""
-    return RankAwareCache(root, _SESSION) if _SESSION is not None else StageCache(root)
+def stage_cache(root: str | os.PathLike, setting: str = "paths.cache_dir") -> StageCache:
+    """The stage cache for this process: rank-aware inside a multi-process job. ``setting`` is
+    the config key that chose ``root`` (a failed write names it)."""
+    if _SESSION is not None:
+        return RankAwareCache(root, _SESSION, setting)
+    return StageCache(root, setting)

@@ -217,8 +217,7 @@ def unlearning_stage(
             ),
         )
     log.info("[unlearn] method=%s optim=%s", cfg.method.name, cfg.optim.name)
-    outputs = distributed.stage_cache(out)
-    outputs.setting = "hydra.run.dir"  # a failed write there names the job's directory
+    outputs = distributed.stage_cache(out, setting="hydra.run.dir")
     entry = outputs.get_or_compute(
         "unlearn",
         unlearn_key(key_cfg if key_cfg is not None else cfg, source),

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
-from torch.utils.data import DataLoader, TensorDataset
 
 import unlearning.evaluation.families as families
+from tests.unlearning.evaluation.fakes import TensorSets
 from unlearning.evaluation.store import OutputStore
 from unlearning.evaluation.suite import Suite
 from unlearning.models import SmallCNN
@@ -44,25 +44,20 @@ def example(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return module
 
 
-class _Data:
+class _Data(TensorSets):
     """R, F and D_test of random 8×8 images behind the datamodule's loader interface."""
+
+    batch_size = 32
 
     def __init__(self) -> None:
         gen = torch.Generator().manual_seed(0)
         sizes = {"retain": 90, "forget": 30, "test": 60}
-        self.sets = {
-            s: (torch.randn(n, 1, 8, 8, generator=gen), torch.randint(10, (n,), generator=gen))
-            for s, n in sizes.items()
-        }
-
-    def set_size(self, name: str) -> int:
-        return len(self.sets[name][1])
-
-    def eval_dataloader(self, name: str, batch_size: int | None = None, positions=None):
-        x, y = self.sets[name]
-        if positions is not None:
-            x, y = x[positions], y[positions]
-        return DataLoader(TensorDataset(x, y), batch_size=batch_size or 32)
+        super().__init__(
+            {
+                s: (torch.randn(n, 1, 8, 8, generator=gen), torch.randint(10, (n,), generator=gen))
+                for s, n in sizes.items()
+            }
+        )
 
 
 def _models() -> dict[str, SmallCNN]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
+from tests.unlearning.evaluation.fakes import TensorSets
 from unlearning.evaluation.families.landscape import LossLandscape
 from unlearning.evaluation.family import (
     EVAL_SETS,
@@ -50,7 +50,7 @@ SMALL = [
 ]
 
 
-class TinyData:
+class TinyData(TensorSets):
     """Stands in for UnlearningDataModule: fixed tensors per set, the same loader interface."""
 
     def __init__(self, forget_class: int | None = None, n: int = 120) -> None:
@@ -62,20 +62,13 @@ class TinyData:
         else:  # class forgetting: F is one whole class, R and D_test have none of it
             f = y[:n] == forget_class
             keep = y[n:] != forget_class
-        self.sets = {
-            "retain": (x[:n][~f], y[:n][~f]),
-            "forget": (x[:n][f], y[:n][f]),
-            "test": (x[n:], y[n:]) if forget_class is None else (x[n:][keep], y[n:][keep]),
-        }
-
-    def set_size(self, name: str) -> int:
-        return len(self.sets[name][1])
-
-    def eval_dataloader(self, name: str, batch_size: int | None = None, positions=None):
-        x, y = self.sets[name]
-        if positions is not None:
-            x, y = x[positions], y[positions]
-        return DataLoader(TensorDataset(x, y), batch_size=batch_size or 64)
+        super().__init__(
+            {
+                "retain": (x[:n][~f], y[:n][~f]),
+                "forget": (x[:n][f], y[:n][f]),
+                "test": (x[n:], y[n:]) if forget_class is None else (x[n:][keep], y[n:][keep]),
+            }
+        )
 
 
 def _models() -> dict[str, SmallCNN]:

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from tests.conftest import make_config
-from unlearning.errors import ConfigError
 from unlearning.pipeline import cache as cache_module
 from unlearning.pipeline.cache import (
     MANIFEST_FILE,
@@ -167,15 +166,6 @@ def test_other_os_errors_are_not_disguised_as_user_errors(tmp_path):
     with pytest.raises(OSError) as info:
         StageCache(tmp_path).get_or_compute("stage", {"a": 1}, broken)
     assert not isinstance(info.value, CacheWriteError)
-
-
-def test_writability_check_creates_nothing_and_refuses_a_file_in_the_path(tmp_path):
-    StageCache(tmp_path / "new" / "cache").check_writable()
-    assert not (tmp_path / "new").exists()
-    (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError) as info:
-        StageCache(tmp_path / "file" / "cache").check_writable()
-    assert info.value.key == "paths.cache_dir" and "not a directory" in str(info.value)
 
 
 class _Exploit:
