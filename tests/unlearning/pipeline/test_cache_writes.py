@@ -79,6 +79,7 @@ def test_the_unlearning_stage_still_reports_a_divergence_as_a_result(tmp_path):
     assert done["status"] == "diverged"
 
 
+@pytest.mark.slow  # CLI start-up; test_a_diverged_pretraining_is_a_one_line_error_… runs in-process
 def test_the_command_line_exits_2_with_one_line_for_a_diverged_pretraining(tmp_path):
     """The one CLI case (~12 s, mostly start-up): exit status 2 and the one line, as a user sees
     them."""
