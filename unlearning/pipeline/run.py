@@ -289,6 +289,8 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     store = OutputStore(models, data, source.num_classes, needs=needs)
     metrics: dict[str, float] = evaluate(store)
     metrics.update(derived_metrics(metrics, rte_s))
+    # the cost of retraining: RTE is read against it (002 Fig. 1's colour, the report)
+    metrics["oracle_s"] = float(StageCache.meta(art.oracle)["seconds"])
     metrics["split/n_forget"] = float(data.set_size("forget"))
     metrics["split/n_retain"] = float(data.set_size("retain"))
     metrics.update(split_metrics(art))

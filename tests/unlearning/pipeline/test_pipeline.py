@@ -10,7 +10,7 @@ from unlearning.pipeline.run import run
 
 DOCUMENTED_KEYS = {
     *(accuracy_key(m, s) for m in MODELS for s in SETS),
-    "tow", "tow_abs", "ua", "ra", "ta", "rte_s", "split/n_forget", "split/n_retain",
+    "tow", "tow_abs", "ua", "ra", "ta", "rte_s", "oracle_s", "split/n_forget", "split/n_retain",
 }  # fmt: skip
 
 
@@ -42,7 +42,7 @@ def test_results_json_follows_the_documented_schema(neggrad_results):
     assert m["ua"] == pytest.approx(1 - m["unlearned/acc_forget"])
     assert m["ra"] == m["unlearned/acc_retain"] and m["ta"] == m["unlearned/acc_test"]
     assert m["split/n_forget"] == round(0.05 * (m["split/n_forget"] + m["split/n_retain"]))
-    assert m["rte_s"] > 0
+    assert m["rte_s"] > 0 and m["oracle_s"] > 0
 
 
 def test_retrain_is_the_oracle_with_tow_one(config):
