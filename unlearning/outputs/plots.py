@@ -19,9 +19,10 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Lay ``fig`` out tightly, write it to ``path`` and close it (frees its memory); returns
-    ``path``."""
-    fig.tight_layout()
+    """Lay ``fig`` out tightly (unless it has a layout engine of its own), write it to ``path``
+    and close it (frees its memory); returns ``path``."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path)
     pyplot().close(fig)
     return path

@@ -11,7 +11,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Job:
     split: str
     seed: int
     metrics: dict[str, float | None]
+    split_config: dict[str, Any] = field(default_factory=dict)  # the job's whole ``split`` node
 
 
 def _method_alpha(cfg: dict[str, Any]) -> float | None:
@@ -58,6 +59,7 @@ def load_jobs(roots: Iterable[Path]) -> list[Job]:
                 split=cfg.get("split", {}).get("name", "?"),
                 seed=int(cfg.get("seed", 0)),
                 metrics=payload.get("metrics", {}),
+                split_config=cfg.get("split", {}),
             )
         )
     return jobs

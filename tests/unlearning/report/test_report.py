@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from unlearning.report.cli import main
-from unlearning.report.plots import alpha_curves
+from unlearning.report.plots import alpha_curves, forget_set_labels, klom_runs, relative_cost
 from unlearning.report.tables import load_jobs, mean_ci95
 
 ROWS = {  # (method, optim, split) -> ToW per seed
@@ -95,3 +95,43 @@ def test_cli_refuses_a_directory_without_results(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "no results.json" in result.stderr
+
+
+def _write_klom(root, name, method, split, klom, original, rte_s=1.0, status="ok"):
+    """A job with KLoM keys: ``klom`` and ``original`` are ``(forget, test, retain)``."""
+    job = root / name
+    job.mkdir(parents=True)
+    metrics = {"rte_s": rte_s, "oracle_s": 10.0}
+    for prefix, values in (("klom", klom), ("klom_original", original)):
+        metrics.update({f"{prefix}/{s}": v for s, v in zip(("forget", "test", "retain"), values)})
+    config = {"method": {"name": method}, "optim": {"name": "sgd"}, "split": split, "seed": 0}
+    (job / "results.json").write_text(
+        json.dumps({"status": status, "config": config, "metrics": metrics})
+    )
+
+
+def test_klom_figure_has_every_run_one_panel_per_forget_set(tmp_path):
+    """002 Fig. 1: every finished run with KLoM is a point; panels are told apart by the split
+    settings that differ (the PC), not by what all share."""
+    pc1 = {"name": "influence_pc", "component": 1, "size": 10}
+    pc2 = {"name": "influence_pc", "component": 2, "size": 10}
+    _write_klom(tmp_path, "a", "ga", pc1, (3.0, 0.5, 0.4), (4.0, 0.1, 0.1), rte_s=0.5)
+    _write_klom(tmp_path, "b", "neggrad", pc1, (2.0, 0.3, 0.2), (4.0, 0.1, 0.1), rte_s=2.0)
+    _write_klom(tmp_path, "c", "ga", pc2, (1.0, 0.2, 0.1), (3.0, 0.1, 0.1))
+    _write_klom(tmp_path, "d", "ga", pc2, (None, None, None), (3.0, 0.1, 0.1), status="diverged")
+    jobs = load_jobs([tmp_path])
+    runs = klom_runs(jobs)
+    assert sorted(j.path.parent.name for j in runs) == ["a", "b", "c"]
+    assert sorted(set(forget_set_labels(runs).values())) == [
+        "influence_pc component=1",
+        "influence_pc component=2",
+    ]
+    assert [relative_cost(j) for j in runs] == [0.05, 0.2, 0.1]
+    assert main([str(tmp_path)]) == 0
+    assert (tmp_path / "klom.png").stat().st_size > 0
+    assert (tmp_path / "klom_retain.png").stat().st_size > 0
+
+
+def test_no_klom_figure_without_klom_keys(sweep):
+    assert main([str(sweep)]) == 0
+    assert not (sweep / "klom.png").exists()
