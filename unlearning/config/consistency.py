@@ -63,7 +63,10 @@ def _family_on(name: str) -> Condition:
 #: the metric keys of ``results.json`` (docs/results.md), each with the setting that makes a
 #: job produce it (``None``: every pipeline job does)
 METRICS: tuple[tuple[str, Condition | None], ...] = (
-    (r"(original|oracle|unlearned)/acc_(retain|forget|test)|tow|tow_abs|ua|ra|ta|rte_s", None),
+    (
+        r"(original|oracle|unlearned)/acc_(retain|forget|test)|tow|tow_abs|ua|ra|ta|rte_s|oracle_s",
+        None,
+    ),
     (r"split/(n_forget|n_retain)", None),
     (
         r"split/(mean_mem|mean_mem_all|mem_is_proxy|overlap_(high_mid|high_low|mid_low))",
@@ -73,7 +76,11 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
         r"split/n_noisy_forget",
         ("dataset.label_noise > 0", lambda cfg: bool(cfg.dataset.get("label_noise"))),
     ),
-    (r"((original|oracle)/)?(mia|mia_efficacy)|avg_gap|time/mia", _family_on("mia")),
+    (
+        r"((original|oracle)/)?(mia|mia_efficacy|mia_combined"
+        r"|mia_efficacy/(correctness|confidence|entropy|m_entropy|prob))|avg_gap|time/mia",
+        _family_on("mia"),
+    ),
     (
         r"(original/)?(e_var_(all|cls)(_raw)?|e_wp_(all|cls))|time/entanglement",
         _family_on("entanglement"),

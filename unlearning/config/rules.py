@@ -51,6 +51,7 @@ from unlearning.config.kinds import (
 )
 from unlearning.errors import ConfigError
 from unlearning.evaluation.batch_fit import AUTO
+from unlearning.evaluation.metrics.mia import VARIANTS as MIA_VARIANTS
 from unlearning.files import unwritable_reason
 from unlearning.memorization.estimator import STRATEGIES
 from unlearning.methods.base import UnlearningMethod
@@ -326,6 +327,11 @@ TABLE: tuple[Rule, ...] = (
     # --- evaluation suite (conf/eval/): the bounds each family needs
     Rule("eval.name", TEXT, "default"),
     Rule("eval.seed", SEED),
+    Rule("eval.mia.variant", choice(MIA_VARIANTS)),
+    Rule("eval.mia.variants", list_of(choice(MIA_VARIANTS)), "[confidence,entropy]"),
+    Rule("eval.mia.max_samples", optional(POSITIVE_INT), "null"),
+    Rule("eval.mia.combined", BOOLEAN),
+    Rule("eval.mia.combined_samples", POSITIVE_INT, "2000"),
     Rule("eval.entanglement.p", number(1, 10), "2"),
     Rule("eval.entanglement.num_itermax", integer(1000), "1000000"),
     Rule("eval.landscape.radius", number(0, 100, low_open=True), "1.0"),

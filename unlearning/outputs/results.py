@@ -18,7 +18,7 @@ MODELS = ("original", "oracle", "unlearned")
 SETS = ("retain", "forget", "test")
 #: evaluation-suite metrics shown in the summary table when present: (key, label, decimals)
 HEADLINE_EVAL = (
-    ("mia", "MIA", 3),
+    ("mia_efficacy", "MIA-eff", 3),
     ("avg_gap", "AvgGap", 4),
     ("e_var_all_raw", "E_Var", 1),
     ("e_wp_all", "E_Wp", 3),

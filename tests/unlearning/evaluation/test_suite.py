@@ -23,6 +23,7 @@ from unlearning.evaluation.family import (
     EnsembleNeed,
     SampleNeed,
 )
+from unlearning.evaluation.metrics.mia import VARIANTS
 from unlearning.evaluation.store import OutputStore
 from unlearning.evaluation.suite import Suite, run_evaluations
 from unlearning.models import SmallCNN
@@ -30,8 +31,11 @@ from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.stages.ensembles import EnsembleBuilder
 
 CHEAP_KEYS = {
-    "mia", "mia_efficacy", "oracle/mia", "oracle/mia_efficacy", "original/mia",
-    "original/mia_efficacy", "avg_gap",
+    *(f"{pre}{k}" for pre in ("", "oracle/", "original/") for k in (
+        "mia", "mia_efficacy", "mia_combined",
+        *(f"mia_efficacy/{v}" for v in VARIANTS),
+    )),
+    "avg_gap",
     *(f"{pre}{k}" for pre in ("", "original/") for k in (
         "e_var_all", "e_var_cls", "e_var_all_raw", "e_var_cls_raw", "e_wp_all", "e_wp_cls",
         "basin_ratio/test", "basin_ratio/forget", "hessian_top/retain", "hessian_top/forget",

@@ -13,24 +13,50 @@ from unlearning.evaluation.family import (
     Needs,
     prefix,
 )
-from unlearning.evaluation.metrics.mia import avg_gap, membership_inference
+from unlearning.evaluation.metrics.mia import VARIANTS, avg_gap, membership_inference, svc_mia
 from unlearning.outputs.results import accuracy_key
 
 
 class MembershipInference(Family):
-    """``mia``, ``mia_efficacy`` (and ``oracle/``, ``original/``) and ``avg_gap``.
+    """``mia_efficacy``, ``mia``, ``mia_efficacy/<variant>``, ``mia_combined`` (and the same
+    under ``oracle/`` and ``original/``) and ``avg_gap``.
 
-    Per model, an RBF SVC learns *member* on R and *non-member* on D_test (at most
-    ``max_samples`` of each, drawn with ``eval.seed``) and is applied to F: ``mia`` is the
-    fraction of F judged member (000's MIA correctness), ``mia_efficacy = 1 − mia`` (004). Avg.
-    Gap is the mean of |f_U − oracle| over UA, MIA-efficacy, RA and TA (004 §5.1).
+    Per model, the attacks learn *member* on R and *non-member* on D_test and are applied to F
+    (:mod:`unlearning.evaluation.metrics.mia`):
+
+    * Jia et al.'s ``SVC_MIA`` protocol, one RBF SVC per feature variant: ``mia_efficacy`` is
+      the fraction of F that the ``variant`` attack judges non-member (the confidence variant by
+      default: 004's and SalUn's MIA-efficacy), ``mia = 1 − mia_efficacy``, and every variant of
+      ``variants`` is reported as ``mia_efficacy/<variant>``;
+    * the combined attack (softmax, confidence and entropy in one standardised SVC, on
+      ``combined_samples`` seeded draws of each side): ``mia_combined``, the fraction of F judged
+      member, when ``combined``.
+
+    Avg. Gap is the mean of |f_U − oracle| over UA, MIA-efficacy, RA and TA (004 §5.1).
 
     Args:
-        max_samples: members and as many non-members that train the attack.
+        variant: the variant reported as ``mia_efficacy`` (one of
+            :data:`~unlearning.evaluation.metrics.mia.VARIANTS`).
+        variants: the variants reported as ``mia_efficacy/<variant>``.
+        max_samples: ``None`` follows the protocol (all of D_test, as many retain samples);
+            a number caps both sides (large test sets make the SVC slow).
+        combined: also run the combined attack.
+        combined_samples: members and as many non-members that train the combined attack.
     """
 
-    def __init__(self, max_samples: int = 2000) -> None:
+    def __init__(
+        self,
+        variant: str = "confidence",
+        variants: tuple[str, ...] | list[str] = VARIANTS,
+        max_samples: int | None = None,
+        combined: bool = True,
+        combined_samples: int = 2000,
+    ) -> None:
+        self.variant = variant
+        self.variants = tuple(variants)
         self.max_samples = max_samples
+        self.combined = combined
+        self.combined_samples = combined_samples
 
     def needs(self) -> Needs:
         """The logits of every model on every set."""
@@ -38,26 +64,7 @@ class MembershipInference(Family):
 
     def run(self, ctx: Context, result: Evaluation) -> None:
         for model in ("unlearned", "oracle", "original"):
-            keys = [f"{prefix(model)}mia", f"{prefix(model)}mia_efficacy"]
-            sets = {s: ctx.store.outputs(model, s) for s in EVAL_SETS}
-            empty = [s for s, o in sets.items() if len(o) == 0]
-            if empty:
-                result.skip(
-                    keys, f"MIA needs non-empty retain, test and forget sets; empty: {empty}"
-                )
-                continue
-            try:
-                value = membership_inference(
-                    (sets["retain"].logits, sets["retain"].labels),
-                    (sets["test"].logits, sets["test"].labels),
-                    (sets["forget"].logits, sets["forget"].labels),
-                    max_samples=self.max_samples,
-                    seed=ctx.seed,
-                )
-            except ValueError as exc:  # e.g. non-finite outputs of a diverged model
-                result.skip(keys, f"the attack cannot use this model's outputs: {exc}")
-                continue
-            result.metrics[keys[0]], result.metrics[keys[1]] = value, 1.0 - value
+            self._attack(ctx, result, model)
         m = {**ctx.metrics, **result.metrics}
         unlearned = {k: m.get(k, math.nan) for k in ("ua", "ra", "ta", "mia_efficacy")}
         oracle = {
@@ -69,3 +76,37 @@ class MembershipInference(Family):
         result.metrics["avg_gap"] = avg_gap(unlearned, oracle)
         if not math.isfinite(result.metrics["avg_gap"]):
             result.notes["avg_gap"] = "a term of Avg. Gap (UA, MIA-efficacy, RA, TA) is undefined"
+
+    def _attack(self, ctx: Context, result: Evaluation, model: str) -> None:
+        """Every attack on one model's outputs; keys skipped with the reason when it cannot."""
+        head = prefix(model)
+        keys = [f"{head}mia_efficacy", f"{head}mia"]
+        keys += [f"{head}mia_efficacy/{v}" for v in self.variants]
+        keys += [f"{head}mia_combined"] if self.combined else []
+        sets = {s: ctx.store.outputs(model, s) for s in EVAL_SETS}
+        empty = [s for s, o in sets.items() if len(o) == 0]
+        if empty:
+            result.skip(keys, f"MIA needs non-empty retain, test and forget sets; empty: {empty}")
+            return
+        members, non_members, targets = (
+            (sets[s].logits, sets[s].labels) for s in ("retain", "test", "forget")
+        )
+        try:
+            efficacy = svc_mia(
+                members,
+                non_members,
+                targets,
+                variants=tuple(dict.fromkeys((self.variant, *self.variants))),
+                max_samples=self.max_samples,
+            )
+            if self.combined:
+                result.metrics[f"{head}mia_combined"] = membership_inference(
+                    members, non_members, targets, self.combined_samples, seed=ctx.seed
+                )
+        except ValueError as exc:  # e.g. non-finite outputs of a diverged model
+            result.skip(keys, f"the attack cannot use this model's outputs: {exc}")
+            return
+        result.metrics[f"{head}mia_efficacy"] = efficacy[self.variant]
+        result.metrics[f"{head}mia"] = 1.0 - efficacy[self.variant]
+        for v in self.variants:
+            result.metrics[f"{head}mia_efficacy/{v}"] = efficacy[v]
