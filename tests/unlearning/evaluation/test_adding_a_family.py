@@ -92,7 +92,8 @@ def test_the_yaml_block_adds_the_family_with_its_defaults(example, config, tmp_p
 def test_the_command_line_override_runs_the_family_after_the_presets(example, config, tmp_path):
     (override,) = [a for a in shlex.split(_blocks()["bash"][0]) if a.startswith("+eval.")]
     cfg = config("eval=default", "eval.landscape.enabled=false", "eval.hessian.enabled=false",
-                 "eval.entanglement.max_samples=20", override)  # fmt: skip
+                 "eval.relearn.enabled=false", "eval.entanglement.max_samples=20",
+                 override)  # fmt: skip
     suite = Suite.from_config(cfg)
     assert [n for n, _ in suite.families] == ["mia", "entanglement", "confidence"]
     result = suite.run(OutputStore(_models(), _Data(), needs=suite.needs()), tmp_path, {})

@@ -40,7 +40,8 @@ CHEAP_KEYS = {
         "e_var_all", "e_var_cls", "e_var_all_raw", "e_var_cls_raw", "e_wp_all", "e_wp_cls",
         "basin_ratio/test", "basin_ratio/forget", "hessian_top/retain", "hessian_top/forget",
     )),
-    "time/mia", "time/entanglement", "time/landscape", "time/hessian",
+    "relearn/steps", "oracle/relearn/steps", "relearn/ratio",
+    "time/mia", "time/entanglement", "time/landscape", "time/hessian", "time/relearn",
 }  # fmt: skip
 # the default suite (named, so the test does not depend on the fixtures' default) at small sizes
 SMALL = [
@@ -88,10 +89,10 @@ ACC = {"ua": 0.1, "ra": 0.9, "ta": 0.8, "oracle/acc_forget": 0.8, "oracle/acc_re
 
 
 def test_eval_presets_switch_the_families_in_config_order(config):
-    order = ["mia", "entanglement", "landscape", "hessian", "klom", "features"]
+    order = ["mia", "entanglement", "landscape", "hessian", "relearn", "klom", "features"]
     presets = ("default", "full", "none")
     default, full, none = (Suite.from_config(config(f"eval={p}")) for p in presets)
-    assert [name for name, _ in default.families] == order[:4]
+    assert [name for name, _ in default.families] == order[:5]
     assert [name for name, _ in full.families] == order
     assert none.families == ()
     landscape = dict(full.families)["landscape"]
@@ -110,7 +111,10 @@ def test_the_suite_merges_the_needs_the_families_declare(config):
     assert {k for k, embeds in pairs.items() if embeds} == {
         (m, s) for m in ("original", "unlearned") for s in ("retain", "forget")
     }
-    assert needs.samples == {SampleNeed(s, 256) for s in ("test", "forget", "retain")}
+    assert needs.samples == {
+        *(SampleNeed(s, 256) for s in ("test", "forget", "retain")),
+        SampleNeed("forget", 500),  # relearn time's F sample
+    }
     assert needs.ensembles == ()
     klom_only = Suite.from_config(
         config("eval=none", "eval.klom.enabled=true", "eval.klom.models=3")
@@ -124,7 +128,9 @@ def test_default_suite_reports_every_cheap_metric(config, tmp_path):
     result = run_evaluations(cfg, _models(), TinyData(), tmp_path, dict(ACC))
     assert set(result.metrics) == CHEAP_KEYS
     finite = {k for k, v in result.metrics.items() if math.isfinite(v)}
-    assert finite == CHEAP_KEYS, result.notes
+    # untrained stand-in models: the oracle is at the original model's F accuracy already
+    assert finite == CHEAP_KEYS - {"relearn/ratio"}, result.notes
+    assert "no relearning" in result.notes["relearn/ratio"]
     m = result.metrics
     assert m["mia"] + m["mia_efficacy"] == pytest.approx(1.0)
     assert 0.0 <= m["avg_gap"] <= 1.0 and 0.0 <= m["basin_ratio/test"] <= 1.0
