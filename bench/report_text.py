@@ -19,7 +19,7 @@ No benchmark is part of the test suite and nothing asserts a time.
 | --- | --- | --- |
 | 1 | a SAM step / an SGD step, same model and batch: default CNN (digits size) and ResNet-18 at 32×32; plain PyTorch, and Lightning + the SAM callback | `bench_sam.py` |
 | 2 | a framework NegGrad epoch (`unlearning.pipeline.stages.unlearn`: Trainer, datamodule, logger, checkpoints, guards) / a hand-written PyTorch loop over the same batches | `bench_unlearn.py` |
-| 3 | a `torch.func.vmap` ensemble / members trained one after another: memorization members and KLoM's N oracles | `bench_memorization.py`, `bench_klom.py` |
+| 3 | a `torch.func.vmap` ensemble / members trained one after another: memorization members | `bench_memorization.py` |
 | 4 | a per-sample `DataLoader` (`__getitem__` + collate) / in-memory tensor batches (`TensorBatches`, `DirectBatches`), data only: the ratio is the speed-up; and per-sample PIL train augmentation / the batched `grid_sample` augmentation (`BatchAugment`) on CIFAR-shaped images | `bench_data.py` |
 | 5 | exact optimal transport (`ot.emd2`) / Sinkhorn (`ot.sinkhorn2`) for E_Wp, with the difference in the value | `bench_ot.py` |
 | 6 | a cold sweep of 4 methods × 2 optimizers with the stage cache / the same 8 jobs as independent processes, each with an empty cache | `bench_sweep.py` |
@@ -59,7 +59,7 @@ WHY: dict[str, str] = {
         "on a CPU the per-member loop already keeps both cores busy with one member's kernels, "
         "and vmap's batched kernels for a 30k-parameter CNN are slower per member than the "
         "plain ones; vmap pays off on a GPU, where one small member leaves the device idle, "
-        "which is why `strategy=auto` (memorization and `eval.klom.strategy`) picks vmap on "
+        "which is why `strategy=auto` (memorization) picks vmap on "
         "CUDA only."
     ),
     "4": (

@@ -40,7 +40,6 @@ def benches() -> dict[str, Callable[[str, Path], list[Row]]]:
     """Item → ``rows(size, work_dir)`` (imported lazily: each pulls in torch, Lightning, POT)."""
     from bench import (
         bench_data,
-        bench_klom,
         bench_memorization,
         bench_ot,
         bench_sam,
@@ -51,9 +50,7 @@ def benches() -> dict[str, Callable[[str, Path], list[Row]]]:
     return {
         "1": lambda size, work: bench_sam.rows(size),
         "2": bench_unlearn.rows,
-        "3": lambda size, work: (
-            bench_memorization.rows(size, work / "mem") + bench_klom.rows(size, work / "klom")
-        ),
+        "3": lambda size, work: bench_memorization.rows(size, work / "mem"),
         "4": bench_data.rows,
         "5": bench_ot.rows,
         "6": bench_sweep.sweep_rows,

@@ -92,7 +92,6 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
     "split-name-unknown": (["split.name=foo"], "split.name", "one of ['random'"),
     "trainer-precision": (["trainer.precision=8"], "trainer.precision", "bf16-mixed"),
     "trainer-accelerator": (["trainer.accelerator=tpu"], "trainer.accelerator", "one of"),
-    "klom-strategy": (["eval.klom.strategy=processes"], "eval.klom.strategy", "sequential"),
     "eval-sets": (["eval.landscape.sets=[test,validation]"], "eval.landscape.sets", "retain"),
     # integers of the memorization and trainer groups
     "memorization-members": (["memorization.members=0"], "memorization.members", "positive"),

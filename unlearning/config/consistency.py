@@ -88,7 +88,7 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     (r"(original/)?basin_ratio/(retain|forget|test)|time/landscape", _family_on("landscape")),
     (r"(original/)?hessian_top/(retain|forget|test)|time/hessian", _family_on("hessian")),
     (r"(oracle/)?relearn/steps|relearn/ratio|time/relearn", _family_on("relearn")),
-    (r"klom/(retain|forget|test)|time/klom", _family_on("klom")),
+    (r"klom(_original)?/(retain|forget|test)|klom/models|time/klom", _family_on("klom")),
     (r"time/features", _family_on("features")),
 )
 

@@ -135,8 +135,6 @@ PRECISION_ALIASES = (32, 16, 64, "32", "16", "64", "bf16")
 MEMORIZATION_SOURCES = ("estimate", "file", "learning_speed")
 #: the forget-set rules of datamodules.splits.select_split
 SPLITS = ("random", "class", "group", *MEMORIZATION_SPLITS)
-#: how the KLoM oracle ensemble is trained (the memorization strategies bar ``processes``)
-ENSEMBLE_STRATEGIES = ("auto", "vmap", "sequential")
 #: Hydra's own keys of an instantiated node
 HYDRA_KEYS: dict[str, Kind] = {
     "_target_": target(),
@@ -346,11 +344,10 @@ TABLE: tuple[Rule, ...] = (
     Rule("eval.relearn.batch_size", POSITIVE_INT, "32"),
     Rule("eval.relearn.max_steps", POSITIVE_INT, "500"),
     Rule("eval.relearn.tolerance", number(0, 1, high_open=True), "0.0"),
-    Rule("eval.klom.models", integer(2), "8"),
+    Rule("eval.klom.models", integer(2), "100"),
     Rule("eval.klom.bins", integer(2), "20"),
     Rule("eval.klom.clip", number(0, 1e6, low_open=True), "100.0"),
     Rule("eval.klom.percentile", number(0, 100), "95.0"),
-    Rule("eval.klom.strategy", choice(ENSEMBLE_STRATEGIES)),
     Rule("eval.*", NODE),
     Rule("eval.*.enabled", BOOLEAN),
     Rule("eval.*.max_samples", POSITIVE_INT, "500"),

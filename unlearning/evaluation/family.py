@@ -62,13 +62,13 @@ class SampleNeed:
 @dataclass(frozen=True)
 class EnsembleNeed:
     """The margins of ``members`` models of one ``kind`` on R, F and D_test, built by the
-    pipeline before the evaluation (:mod:`unlearning.pipeline.stages.ensembles` lists the
-    kinds it can build: ``oracle``, ``unlearned``). ``strategy`` says how members are trained
-    where the builder has a choice (the oracle ensemble: ``vmap``, ``sequential`` or ``auto``)."""
+    pipeline before the evaluation (:mod:`unlearning.pipeline.stages.ensembles`: ``original``,
+    the pretrained models f_A^k; ``oracle``, the oracles f_A^k(R); ``unlearned``, the job's
+    unlearning of each f_A^k). Member k of every kind has pretraining seed ``pretrain.seed + k``;
+    member 0 is the job's own model, so families that declare the same kind share members."""
 
     kind: str
     members: int
-    strategy: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ class Ensemble:
             ``z_y − logsumexp_{k≠y} z_k`` (002 §2), member k in row k.
         seconds: wall time the pipeline spent building it for this job (training or reading a
             cached stage); the suite adds it to ``time/<family>`` of every family that read it.
-        note: why the ensemble is not what its kind says (e.g. ``method=retrain``: the oracle
-            ensemble stands in for the unlearned one), or ``None``.
+        note: what the ensemble is besides its kind (e.g. ``method=retrain``: the unlearned
+            ensemble is N further oracles; unlearned members that diverged), or ``None``.
     """
 
     margins: dict[str, np.ndarray]

@@ -103,14 +103,14 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
     * ``mask``: f_A and F, and the method config values that size the mask
       (:meth:`~unlearning.methods.base.UnlearningMethod.mask_settings`; none for a method
       without a mask).
-    * ``klom_oracles``: the oracle recipe and the number of oracles of ``eval.klom``.
 
     Every ``dataset`` node holds the data's fingerprint (:func:`dataset_key`; ``source`` is the
     job's data source, ``None`` builds it from ``cfg.dataset``).
 
     The unlearning method, ``optim``, ``alpha``, ``rho`` and the run ``seed`` are absent on
     purpose: changing them reuses all of these stages (the unlearned model's own key is
-    :func:`unlearn_key`).
+    :func:`unlearn_key`). Ensemble members (:mod:`unlearning.pipeline.stages.ensembles`) are
+    entries of these same stages, keyed by the member's config.
     """
     dataset, split = dataset_key(cfg, source), determining(cfg.split, "split")
     memorization = memorization_key(cfg)
@@ -136,12 +136,6 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
             "pretrain": pretrain,
             "split": split,
             **method_class(cfg.method._target_).mask_settings(cfg.method),
-        },
-        # N oracles for KLoM (eval.klom): the oracle recipe with N seeds
-        "klom_oracles": {
-            **pretrain,
-            "split": split,
-            "models": OmegaConf.select(cfg, "eval.klom.models"),
         },
     }
 

@@ -38,7 +38,7 @@ from unlearning.outputs.results import SETS, accuracy_key, summary_table, write_
 from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.keys import stage_configs, unlearn_key
-from unlearning.pipeline.stages.ensembles import EnsembleBuilder
+from unlearning.pipeline.stages.ensembles import EnsembleEngine
 
 log = logging.getLogger(__name__)
 
@@ -296,16 +296,11 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     metrics.update(split_metrics(art))
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
-    # the model ensembles the families read (KLoM's oracles: the cached stage klom_oracles)
-    ensembles = EnsembleBuilder(
-        job,
-        store,
-        cache,
-        stage_configs(job, source)["klom_oracles"],
-        unlearn=lambda c, d: unlearning_stage(c, source, cache, art, [], d)[0],
-        from_scratch=method_class(job.method._target_).from_scratch,
-        device=device,
-    ).build_all(needs.ensembles)
+    # the model ensembles the families read (KLoM: N pretrained, oracle and unlearned models),
+    # each member an entry of its own stage in the shared cache
+    ensembles = EnsembleEngine(job, source, cache, store, art.forget_indices, device).build_all(
+        needs.ensembles
+    )
     evaluation = suite.run(store, output_dir, metrics, ensembles)
     del store, ensembles  # the outputs and margins are no longer needed
     metrics.update(evaluation.metrics)

@@ -96,7 +96,7 @@ def test_a_reason_from_the_test_is_shown_in_brackets(tmp_path):
 
 
 def test_patterns_match_by_segment_and_literal_rules_win():
-    assert rule_for("eval.klom.strategy").pattern == "eval.klom.strategy"
+    assert rule_for("eval.klom.bins").pattern == "eval.klom.bins"
     assert rule_for("eval.mia.enabled").pattern == "eval.*.enabled"
     assert rule_for("eval.mia.enabled.x") is None
     assert rule_for("pretrain.optim.sharpness.rho").kind is kinds.POSITIVE

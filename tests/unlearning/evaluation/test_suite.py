@@ -1,11 +1,12 @@
 """The evaluation suite (issue 6): the presets and the families' needs, the orchestration on tiny
 data (keys, notes for evaluations that cannot run, plots, KLoM on the ensembles the pipeline
-builds, the cached oracle ensemble) and one pipeline run that writes the metrics into
-results.json. The eval group's value checks live in the validation layer (tests/unlearning/
-config)."""
+builds, its ensembles built before the suite and cached) and one pipeline run that writes the
+metrics into results.json. The eval group's value checks live in the validation layer
+(tests/unlearning/config); the ensemble engine's own tests are tests/unlearning/pipeline/
+test_ensembles.py."""
 
 import ast
-import copy
+import importlib
 import json
 import math
 from pathlib import Path
@@ -27,8 +28,6 @@ from unlearning.evaluation.metrics.mia import VARIANTS
 from unlearning.evaluation.store import OutputStore
 from unlearning.evaluation.suite import Suite, run_evaluations
 from unlearning.models import SmallCNN
-from unlearning.pipeline.cache import StageCache
-from unlearning.pipeline.stages.ensembles import EnsembleBuilder
 
 CHEAP_KEYS = {
     *(f"{pre}{k}" for pre in ("", "oracle/", "original/") for k in (
@@ -90,11 +89,14 @@ ACC = {"ua": 0.1, "ra": 0.9, "ta": 0.8, "oracle/acc_forget": 0.8, "oracle/acc_re
 
 def test_eval_presets_switch_the_families_in_config_order(config):
     order = ["mia", "entanglement", "landscape", "hessian", "relearn", "klom", "features"]
-    presets = ("default", "full", "none")
-    default, full, none = (Suite.from_config(config(f"eval={p}")) for p in presets)
+    presets = ("default", "full", "none", "klom")
+    default, full, none, klom = (Suite.from_config(config(f"eval={p}")) for p in presets)
     assert [name for name, _ in default.families] == order[:5]
     assert [name for name, _ in full.families] == order
     assert none.families == ()
+    # eval=klom: 002 App. M's protocol, N = 100, on top of the cheap families
+    assert [name for name, _ in klom.families] == order[:6]
+    assert dict(klom.families)["klom"].models == 100 and dict(full.families)["klom"].models == 8
     landscape = dict(full.families)["landscape"]
     assert isinstance(landscape, LossLandscape) and landscape.plots and landscape.steps_2d == 21
     assert Suite.from_config(config("eval=default", "eval.mia.enabled=false")).families[0][0] == (
@@ -104,7 +106,8 @@ def test_eval_presets_switch_the_families_in_config_order(config):
 
 def test_the_suite_merges_the_needs_the_families_declare(config):
     """MIA reads logits of every pair, entanglement the embeddings of f_A and f_U on R and F,
-    the landscape and Hessian samples; with KLoM the two ensembles, oracles first."""
+    the landscape and Hessian samples; with KLoM the three ensembles, oracles first, and the
+    outputs of the three models (each ensemble's member 0)."""
     needs = Suite.from_config(config("eval=default")).needs()
     pairs = needs.output_map()
     assert set(pairs) == {(m, s) for m in MODELS for s in EVAL_SETS}
@@ -119,8 +122,10 @@ def test_the_suite_merges_the_needs_the_families_declare(config):
     klom_only = Suite.from_config(
         config("eval=none", "eval.klom.enabled=true", "eval.klom.models=3")
     ).needs()
-    assert set(klom_only.output_map()) == {("unlearned", s) for s in EVAL_SETS}
-    assert klom_only.ensembles == (EnsembleNeed("oracle", 3), EnsembleNeed("unlearned", 3))
+    assert set(klom_only.output_map()) == {(m, s) for m in MODELS for s in EVAL_SETS}
+    assert klom_only.ensembles == tuple(
+        EnsembleNeed(kind, 3) for kind in ("oracle", "original", "unlearned")
+    )
 
 
 def test_default_suite_reports_every_cheap_metric(config, tmp_path):
@@ -168,16 +173,21 @@ def test_disabled_evaluations_do_not_run(config, tmp_path):
     assert result.metrics == {} and result.notes == {}
 
 
-def _builder(cfg, store, cache, unlearn=None, from_scratch=False) -> EnsembleBuilder:
-    return EnsembleBuilder(
-        cfg,
-        store,
-        cache,
-        {"test": "klom"},
-        unlearn=unlearn or (lambda c, d: pytest.fail("no unlearning run expected")),
-        from_scratch=from_scratch,
-        device=torch.device("cpu"),
-    )
+def _ensembles(models, data, n: int = 2, shift: float = 0.0) -> dict[EnsembleNeed, Ensemble]:
+    """``n``-member ensembles of every kind made of the tiny models' own margins (each member
+    the same model); the oracle ensemble's margins shifted by ``shift``."""
+    from unlearning.evaluation.metrics.features import model_outputs
+    from unlearning.evaluation.metrics.klom import margins
+
+    ensembles = {}
+    for kind, model in (("oracle", "oracle"), ("original", "original"), ("unlearned", "oracle")):
+        rows = {}
+        for s in EVAL_SETS:
+            out = model_outputs(models[model], data.eval_dataloader(s), embeddings=False)
+            rows[s] = np.stack([margins(out.logits, out.labels)] * n)
+            rows[s] += shift if kind == "oracle" else 0.0
+        ensembles[EnsembleNeed(kind, n)] = Ensemble(rows, seconds=0.5)
+    return ensembles
 
 
 def test_full_suite_writes_the_plots_and_klom_reads_the_pipelines_ensembles(config, tmp_path):
@@ -186,86 +196,52 @@ def test_full_suite_writes_the_plots_and_klom_reads_the_pipelines_ensembles(conf
         "eval=full",
         "eval.klom.models=2",
         "eval.features.max_samples=40",
-        "pretrain.epochs=1",
     )
-    models = _models()
-    calls = []
-
-    def unlearn(seeded_cfg, work_dir):
-        calls.append(seeded_cfg.seed)
-        return copy.deepcopy(models["unlearned"])
-
+    models, data = _models(), TinyData()
     suite = Suite.from_config(cfg)
-    store = OutputStore(models, TinyData(), needs=suite.needs())
-    cache = StageCache(tmp_path / "cache")
-    ensembles = _builder(cfg, store, cache, unlearn).build_all(suite.needs().ensembles)
-    assert calls == [cfg.seed + 1]  # the job's own model is member 0
-    assert cache.has("klom_oracles", {"test": "klom", "models": 2})
+    store = OutputStore(models, data, needs=suite.needs())
+    ensembles = _ensembles(models, data)
+    assert set(ensembles) == set(suite.needs().ensembles)
     out = tmp_path / "out"
     out.mkdir()
     result = suite.run(store, out, dict(ACC), ensembles)
     for s in ("forget", "retain", "test"):
-        assert result.metrics[f"klom/{s}"] >= 0.0
+        assert result.metrics[f"klom/{s}"] >= 0.0 and result.metrics[f"klom_original/{s}"] > 0.0
+    assert result.metrics["klom/models"] == 2.0
     assert {p.name for p in out.glob("*.png")} == {
         "landscape_test.png",
         "landscape_forget.png",
         "features.png",
     }
-    built = sum(e.seconds for e in ensembles.values())
-    assert result.metrics["time/klom"] >= built > 0  # the ensembles' build time counts
+    assert result.metrics["time/klom"] >= 1.5  # the three ensembles' build time counts
     assert result.metrics["time/features"] > 0
 
 
-def test_klom_is_zero_for_identical_ensembles_and_skips_without_them(config, tmp_path):
-    from unlearning.evaluation.metrics.features import model_outputs
-    from unlearning.evaluation.metrics.klom import margins
-
+def test_klom_is_zero_for_identical_ensembles_notes_a_small_n_and_skips_without_them(
+    config, tmp_path
+):
     cfg = config("eval=none", "eval.klom.enabled=true", "eval.klom.models=2")
     models, data = _models(), TinyData()
-    parts = {}
-    for s in EVAL_SETS:
-        out = model_outputs(models["unlearned"], data.eval_dataloader(s))
-        parts[s] = np.stack([margins(out.logits, out.labels)] * 2)
-    same = Ensemble(parts)
-    ensembles = {EnsembleNeed("oracle", 2): same, EnsembleNeed("unlearned", 2): same}
-    result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=ensembles)
+    # unlearned members = oracle members: KLoM 0; the pretrained ones differ from the oracles
+    result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=_ensembles(models, data))
     assert all(result.metrics[f"klom/{s}"] == 0.0 for s in EVAL_SETS)
-    shifted = {EnsembleNeed("oracle", 2): Ensemble({s: v + 50 for s, v in parts.items()}),
-               EnsembleNeed("unlearned", 2): same}  # fmt: skip
+    assert all(result.metrics[f"klom_original/{s}"] > 1.0 for s in EVAL_SETS)
+    assert "N = 2" in result.notes["klom/models"] and "80" in result.notes["klom/models"]
+    shifted = _ensembles(models, data, shift=50.0)
     result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=shifted)
     assert all(result.metrics[f"klom/{s}"] > 1.0 for s in EVAL_SETS)
     result = run_evaluations(cfg, models, data, tmp_path, {})
     assert all(math.isnan(result.metrics[f"klom/{s}"]) for s in EVAL_SETS)
+    assert all(math.isnan(result.metrics[f"klom_original/{s}"]) for s in EVAL_SETS)
     assert "ensembles" in result.notes["klom/forget"]
 
 
-def test_retrain_serves_the_oracle_ensemble_as_the_unlearned_one(config, tmp_path):
-    cfg = config("eval=none", "eval.klom.enabled=true", "eval.klom.models=2", "pretrain.epochs=1")
-    suite = Suite.from_config(cfg)
-    store = OutputStore(_models(), TinyData(), needs=suite.needs())
-    builder = _builder(cfg, store, StageCache(tmp_path / "cache"), from_scratch=True)
-    ensembles = builder.build_all(suite.needs().ensembles)
-    oracle, unlearned = ensembles.values()
-    assert unlearned.margins is oracle.margins and "retrain" in unlearned.note
-    result = suite.run(store, tmp_path, {}, ensembles)
-    assert all(result.metrics[f"klom/{s}"] == 0.0 for s in EVAL_SETS)
-    assert "retrain" in result.notes["klom/forget"]
-
-
-def test_oracle_ensemble_is_the_same_trained_vectorised_or_sequentially(config, tmp_path):
-    margins = {}
-    for strategy in ("vmap", "sequential"):
-        cfg = config(*SMALL, "pretrain.epochs=2")
-        store = OutputStore(_models(), TinyData())
-        builder = _builder(cfg, store, StageCache(tmp_path / strategy))
-        margins[strategy] = builder.build(EnsembleNeed("oracle", 3, strategy)).margins
-        meta = StageCache.meta(StageCache(tmp_path / strategy).path("klom_oracles", {
-            "test": "klom", "models": 3}))  # fmt: skip
-        assert meta["strategy"] == strategy and meta["models"] == 3
-    for s in ("retain", "forget", "test"):
-        assert margins["vmap"][s].shape == (3, len(TinyData().sets[s][1]))
-        np.testing.assert_allclose(margins["vmap"][s], margins["sequential"][s], atol=1e-5)
-        assert np.ptp(margins["vmap"][s], axis=0).max() > 1e-3  # members differ (own seeds)
+def test_klom_notes_nothing_about_n_from_80_models_on(config, tmp_path):
+    cfg = config("eval=none", "eval.klom.enabled=true", "eval.klom.models=80")
+    models, data = _models(), TinyData()
+    ensembles = _ensembles(models, data, 80)
+    result = run_evaluations(cfg, models, data, tmp_path, {}, ensembles=ensembles)
+    assert result.metrics["klom/models"] == 80.0 and "klom/models" not in result.notes
 
 
 def test_pipeline_writes_eval_metrics_and_notes_to_results_json(config):
@@ -279,39 +255,45 @@ def test_pipeline_writes_eval_metrics_and_notes_to_results_json(config):
     assert on_disk["metrics"]["mia"] == payload["metrics"]["mia"]
 
 
-def test_the_pipeline_builds_the_oracle_ensemble_as_a_cached_stage_before_the_suite(
-    config, monkeypatch
+def test_the_pipeline_builds_the_ensembles_as_cached_stages_before_the_suite(
+    config, monkeypatch, tmp_path
 ):
-    """KLoM only reads margins: every member is trained before the family runs, and a second
-    job with the same stage keys reads the ``klom_oracles`` entry instead of training."""
+    """KLoM only reads margins: every member is trained (by the training stages) before the
+    family runs, and a second job with the same keys trains nothing: its pretraining, oracle
+    and unlearned members are entries of the shared stage cache."""
     from unlearning.evaluation.families.klom import KLoM
     from unlearning.pipeline import run as pipeline
-    from unlearning.pipeline.stages import ensembles
+    from unlearning.pipeline.stages import training
+
+    # the module, not the function the package exports under the same name
+    unlearn = importlib.import_module("unlearning.pipeline.stages.unlearn")
 
     events: list[str] = []
-    train, klom_run = ensembles.train_members, KLoM.run
+    train, klom_run = training.run_training_stage, KLoM.run
 
-    def counted_train(*args, **kwargs):
-        events.append("train")
-        return train(*args, **kwargs)
+    def counted_train(cfg, source, forget, stage, work_dir):
+        events.append(f"{stage.name}:{cfg.pretrain.seed}")
+        return train(cfg, source, forget, stage, work_dir)
 
     def logged_run(self, ctx, result):
         events.append("klom")
         return klom_run(self, ctx, result)
 
-    monkeypatch.setattr(ensembles, "train_members", counted_train)
+    for module in (training, unlearn):
+        monkeypatch.setattr(module, "run_training_stage", counted_train)
     monkeypatch.setattr(KLoM, "run", logged_run)
     overrides = ["method=finetune", "method.epochs=1", "pretrain.epochs=1", "eval=none"]
-    cfg = config(*overrides, "eval.klom.enabled=true", "eval.klom.models=2")
+    # a cache of its own: no other test's member may be found in it
+    cfg = config(*overrides, "eval.klom.enabled=true", "eval.klom.models=2", cache=tmp_path / "c")
     first = pipeline.run(cfg)["metrics"]
-    assert events == ["train", "klom"]
-    key = pipeline.stage_configs(cfg)["klom_oracles"]
-    assert StageCache(cfg.paths.cache_dir).has("klom_oracles", key)
+    assert events[-1] == "klom"
+    # member 1 of each kind (seed 1), after the job's own stages; f_A^1 before its unlearning
+    assert events[-4:-1] == ["oracle:1", "pretrain:1", "unlearn:1"]
     events.clear()
     second = pipeline.run(cfg)["metrics"]
-    assert events == ["klom"]  # the cached ensemble: nothing trained
-    for s in EVAL_SETS:
-        assert math.isfinite(first[f"klom/{s}"]) and first[f"klom/{s}"] == second[f"klom/{s}"]
+    assert events == ["klom"]  # every member cached: nothing trained
+    for key in (f"{name}/{s}" for name in ("klom", "klom_original") for s in EVAL_SETS):
+        assert math.isfinite(first[key]) and first[key] == second[key]
 
 
 def test_the_evaluation_imports_neither_the_pipeline_nor_a_trainer():

@@ -48,8 +48,6 @@ def test_cache_key_changes_when_and_only_when_a_determining_value_changes(
     base, new = _keys(config), _keys(config, override)
     if changed & {"pretrain", "split"}:
         changed = changed | {"mask"}  # the saliency mask is computed on f_A and F
-    if "oracle" in changed:
-        changed = changed | {"klom_oracles"}  # KLoM's N oracles follow the oracle recipe
     assert {stage for stage in base if base[stage] != new[stage]} == changed
 
 
