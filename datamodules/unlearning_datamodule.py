@@ -32,7 +32,11 @@ from datamodules.loaders import (
 )
 from datamodules.sources import ImageSource
 
-SET_NAMES = ("train", "retain", "forget", "test")
+SET_NAMES = ("train", "retain", "forget", "test", "val")
+#: the sets a training loader may draw from: never the held-out test or validation data
+TRAIN_SET_NAMES = ("train", "retain", "forget")
+#: the held-out sets, parts of D_test
+HELD_OUT = ("test", "val")
 CPU = torch.device("cpu")
 
 
@@ -67,7 +71,10 @@ class UnlearningDataModule(L.LightningDataModule):
         augment: apply the source's train transforms to training batches.
         num_workers: DataLoader workers (0 is fastest for in-memory data).
         test_indices: the part of D_test to evaluate on (class/group forgetting removes the
-            forgotten class from D_test); ``None`` = all of it.
+            forgotten class from D_test; the validation split takes its part); ``None`` = all
+            of it.
+        val_indices: the part of D_test that is the validation set ``val``
+            (:func:`datamodules.validation.carve_validation`); ``None`` = no validation set.
         driver: the set one pass of which is a training epoch when several sets are drawn
             jointly; the other sets are cycled (longer driver) or cut short (shorter driver).
             ``None`` = the longest set (⌈|R|/B⌉ steps for a small F, 000 §2.2).
@@ -96,6 +103,7 @@ class UnlearningDataModule(L.LightningDataModule):
         augment: bool = True,
         num_workers: int = 0,
         test_indices: np.ndarray | None = None,
+        val_indices: np.ndarray | None = None,
         driver: str | None = None,
         passes: Callable[[int], Sequence[str] | None] | None = None,
         with_ids: Sequence[str] = (),
@@ -111,9 +119,9 @@ class UnlearningDataModule(L.LightningDataModule):
                     f"data_device={data_device!r}: use 'auto', 'cpu' or a device such as "
                     f"'cuda:0' ({exc})"
                 ) from None
-        unknown = (set(train_sets) | set(with_ids) | {driver or "train"}) - set(SET_NAMES)
+        unknown = (set(train_sets) | set(with_ids) | {driver or "train"}) - set(TRAIN_SET_NAMES)
         if unknown:
-            raise ValueError(f"unknown train set(s) {sorted(unknown)}; use {SET_NAMES}")
+            raise ValueError(f"unknown train set(s) {sorted(unknown)}; use {TRAIN_SET_NAMES}")
         if driver is not None and driver not in train_sets:
             raise ValueError(f"driver={driver!r} is not one of the train sets {train_sets}")
         self.source, self.train_sets = source, tuple(train_sets)
@@ -133,6 +141,8 @@ class UnlearningDataModule(L.LightningDataModule):
             "forget": np.flatnonzero(forget),
         }
         self.test_indices = None if test_indices is None else np.asarray(test_indices)
+        if val_indices is not None:
+            self.indices["val"] = np.asarray(val_indices, dtype=np.int64)
 
     @property
     def reload_every_epoch(self) -> bool:
@@ -142,11 +152,17 @@ class UnlearningDataModule(L.LightningDataModule):
 
     def _rows(self, name: str) -> np.ndarray | None:
         """Indices of set ``name`` in its part (``None`` = all of D_test)."""
+        if name == "val" and "val" not in self.indices:
+            raise ValueError("this datamodule has no validation set (val_indices=None)")
         return self.test_indices if name == "test" else self.indices[name]
 
+    @staticmethod
+    def _part(name: str) -> str:
+        """The part of the source a set lies in: D_test for the held-out sets, else S."""
+        return "test" if name in HELD_OUT else "train"
+
     def _subset(self, name: str, augment: bool, rows: np.ndarray | None) -> Dataset:
-        part = "test" if name == "test" else "train"
-        data = self.source.dataset(part, augment=augment)
+        data = self.source.dataset(self._part(name), augment=augment)
         return data if rows is None else Subset(data, rows.tolist())
 
     def set_size(self, name: str) -> int:
@@ -169,7 +185,7 @@ class UnlearningDataModule(L.LightningDataModule):
         as tensors, else per-sample fetches and ``collate``. With ``direct`` (one process only),
         tensor batches without workers are served by :class:`DirectBatches`: the same batches and
         RNG draws without the DataLoader's per-batch machinery."""
-        part = "test" if name == "test" else "train"
+        part = self._part(name)
         rows = self._rows_at(name, positions)
         tensors = self.source.in_memory(part, augment) if self.use_in_memory else None
         device = self.device_for(tensors is not None)

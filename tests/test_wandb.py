@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import cli_dirs, run_cli
 from unlearning.outputs import wandb_logger
 from unlearning.outputs.publish import publish
-from unlearning.outputs.results import MODELS, SETS
+from unlearning.outputs.results import ACCURACY_SETS, MODELS
 
 BLOCK = 32 * 1024  # the .wandb transaction log: LevelDB-style 32 KiB blocks, 7-byte headers
 
@@ -107,7 +107,7 @@ def test_wandb_offline_run_holds_the_results_metrics_config_and_accuracy_table(t
     assert table["columns"][-3:] == ["model", "set", "accuracy"]
     rows = {(r[-3], r[-2]): r[-1] for r in table["data"]}
     assert rows == pytest.approx(
-        {(m, s): payload["metrics"][f"{m}/acc_{s}"] for m in MODELS for s in SETS}
+        {(m, s): payload["metrics"][f"{m}/acc_{s}"] for m in MODELS for s in ACCURACY_SETS}
     )
     # CSV logging stays on next to W&B
     assert (results.parent / "csv" / "metrics.csv").is_file()

@@ -64,10 +64,11 @@ def _family_on(name: str) -> Condition:
 #: job produce it (``None``: every pipeline job does)
 METRICS: tuple[tuple[str, Condition | None], ...] = (
     (
-        r"(original|oracle|unlearned)/acc_(retain|forget|test)|tow|tow_abs|ua|ra|ta|rte_s|oracle_s",
+        r"(original|oracle|unlearned)/acc_(retain|forget|val|test)|tow(_abs)?(_val)?|ta(_val)?"
+        r"|ua|ra|rte_s|oracle_s",
         None,
     ),
-    (r"split/(n_forget|n_retain)", None),
+    (r"split/(n_forget|n_retain|n_val|n_test)", None),
     (
         r"split/(mean_mem|mean_mem_all|mem_is_proxy|overlap_(high_mid|high_low|mid_low))",
         ("split=mem_high|mem_mid|mem_low|mix", lambda cfg: cfg.split.name in MEMORIZATION_SPLITS),
@@ -78,7 +79,8 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     ),
     (
         r"((original|oracle)/)?(mia|mia_efficacy|mia_combined"
-        r"|mia_efficacy/(correctness|confidence|entropy|m_entropy|prob))|avg_gap|time/mia",
+        r"|mia_efficacy/(correctness|confidence|entropy|m_entropy|prob))|avg_gap|time/mia"
+        r"|(oracle/)?mia_efficacy_val|avg_gap_val",
         _family_on("mia"),
     ),
     (
@@ -93,16 +95,46 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
 )
 
 
+#: the metrics that read D_test's labels (docs/tuning.md): the test accuracies and everything
+#: built on them, and every attack or measurement on D_test (the MIA's non-members, the
+#: landscape, Hessian and KLoM on the test set). Selection must not use them (002 §2).
+TEST_LABEL_METRICS = (
+    r"(original|oracle|unlearned)/acc_test|tow|tow_abs|ta|avg_gap"
+    r"|((original|oracle)/)?(mia|mia_efficacy|mia_combined|mia_efficacy/\w+)"
+    r"|(original/)?(basin_ratio|hessian_top)/test|klom(_original)?/test"
+)
+#: the config key that allows selecting on a test metric anyway
+ALLOW_TEST_SELECTION = "validation.allow_test_selection"
+
+
+def reads_test_labels(name: str) -> bool:
+    """Whether the metric ``name`` is computed from D_test's labels (:data:`TEST_LABEL_METRICS`):
+    choosing a configuration by it selects on the data the results report."""
+    return re.fullmatch(TEST_LABEL_METRICS, name) is not None
+
+
 def is_metric(name: str) -> bool:
     """Whether ``name`` is a metric key some pipeline job writes to ``results.json``."""
     return any(re.fullmatch(pattern, name) for pattern, _ in METRICS)
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
-    """``optimized_metric`` names a metric this job writes (a lab's metrics are its own)."""
+    """``optimized_metric`` names a metric this job writes (a lab's metrics are its own) and,
+    unless ``validation.allow_test_selection`` says otherwise, one that reads no test label:
+    selection (Optuna's objective, the best trial) uses validation metrics (issue 16)."""
     name = cfg.get("optimized_metric")
     if cfg.get("lab"):
         return
+    if reads_test_labels(name) and not OmegaConf.select(cfg, ALLOW_TEST_SELECTION, default=False):
+        fix = f"{name}_val" if is_metric(f"{name}_val") else "tow_val"
+        raise reject(
+            "optimized_metric",
+            name,
+            "a metric that reads no test label (selection on the test set reports a tuned "
+            f"number as if it were held out: use a validation metric such as {fix}, or set "
+            f"{ALLOW_TEST_SELECTION}=true to select on the test set anyway)",
+            fix,
+        )
     for pattern, condition in METRICS:
         if re.fullmatch(pattern, name):
             if condition is not None and not condition[1](cfg):
@@ -116,9 +148,9 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     raise reject(
         "optimized_metric",
         name,
-        "a metric key of results.json (docs/results.md: tow, ua, ra, ta, "
-        "unlearned/acc_forget, mia, avg_gap, klom/forget, ...)",
-        "tow",
+        "a metric key of results.json (docs/results.md: tow_val, avg_gap_val, ua, ra, "
+        "unlearned/acc_val, klom/forget, ...)",
+        "tow_val",
     )
 
 

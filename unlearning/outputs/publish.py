@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from unlearning.outputs.results import MODELS, SETS, accuracy_key
+from unlearning.outputs.results import ACCURACY_SETS, MODELS, accuracy_key
 
 #: run-config keys (set by conf/logger/wandb.yaml) copied into every row of the accuracy table.
 TABLE_CONFIG_KEYS = ("method", "optim", "pretrain_optim", "alpha", "split", "dataset", "seed")
@@ -27,7 +27,7 @@ def accuracy_rows(metrics: Mapping[str, float], run_config: Mapping[str, Any]) -
     return [
         [*context, model, s, metrics[accuracy_key(model, s)]]
         for model in MODELS
-        for s in SETS
+        for s in ACCURACY_SETS
         if accuracy_key(model, s) in metrics
     ]
 

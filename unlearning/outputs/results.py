@@ -16,6 +16,10 @@ from unlearning.files import atomic_write_text, writing
 
 MODELS = ("original", "oracle", "unlearned")
 SETS = ("retain", "forget", "test")
+#: the validation set: a held-out part of D_test that selection reads instead of the test set
+VAL = "val"
+#: every set a model's accuracy is reported on (``<model>/acc_<set>``), in table order
+ACCURACY_SETS = ("retain", "forget", VAL, "test")
 #: evaluation-suite metrics shown in the summary table when present: (key, label, decimals)
 HEADLINE_EVAL = (
     ("mia_efficacy", "MIA-eff", 3),
@@ -66,13 +70,16 @@ def _pct(value: float) -> str:
 
 
 def summary_table(metrics: Mapping[str, float], title: str) -> str:
-    """A plain-text table: accuracies (%) of the three models on R, F, test, then the scores."""
-    lines = [title, f"{'model':<10} {'retain':>7} {'forget':>7} {'test':>7}"]
+    """A plain-text table: accuracies (%) of the three models on R, F, the validation set and
+    D_test, then the scores (validation beside test: selection reads the former)."""
+    sets = [s for s in ACCURACY_SETS if accuracy_key("unlearned", s) in metrics]
+    lines = [title, f"{'model':<10} " + " ".join(f"{s:>7}" for s in sets)]
     for model in MODELS:
-        cells = " ".join(f"{_pct(metrics.get(accuracy_key(model, s), math.nan)):>7}" for s in SETS)
+        cells = " ".join(f"{_pct(metrics.get(accuracy_key(model, s), math.nan)):>7}" for s in sets)
         lines.append(f"{model:<10} {cells}")
+    val = f" (val {metrics['tow_val']:.4f})" if "tow_val" in metrics else ""
     lines.append(
-        f"ToW {metrics['tow']:.4f}  ToW(abs) {metrics['tow_abs']:.4f}  "
+        f"ToW {metrics['tow']:.4f}{val}  ToW(abs) {metrics['tow_abs']:.4f}  "
         f"UA {_pct(metrics['ua']).strip()}%  RA {_pct(metrics['ra']).strip()}%  "
         f"TA {_pct(metrics['ta']).strip()}%  RTE {metrics['rte_s']:.2f} s"
     )

@@ -45,7 +45,7 @@ NON_DETERMINING = frozenset(
     }
 )
 #: top-level config keys that do not change the unlearned model (its key in the output dir)
-NOT_UNLEARNING = ("paths", "logger", "eval", "optimized_metric", "hydra")
+NOT_UNLEARNING = ("paths", "logger", "eval", "validation", "optimized_metric", "hydra")
 
 
 def determining(node: Any, path: str = "") -> Any:

@@ -10,6 +10,7 @@ once per forget set.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +25,8 @@ from torch import nn
 from datamodules.sources import ImageSource, build_source
 from datamodules.splits import forget_count
 from datamodules.unlearning_datamodule import UnlearningDataModule
-from unlearning.config.consistency import check_data_sets, check_scores
+from datamodules.validation import carve_validation
+from unlearning.config.consistency import check_data_sets, check_scores, reads_test_labels
 from unlearning.config.validation import validate_config
 from unlearning.errors import unwrap_user_error
 from unlearning.evaluation.batch_fit import AUTO, largest_batch
@@ -34,7 +36,13 @@ from unlearning.evaluation.suite import Suite
 from unlearning.methods.base import method_class
 from unlearning.outputs.plots import plot_scores
 from unlearning.outputs.publish import publish
-from unlearning.outputs.results import SETS, accuracy_key, summary_table, write_results
+from unlearning.outputs.results import (
+    ACCURACY_SETS,
+    VAL,
+    accuracy_key,
+    summary_table,
+    write_results,
+)
 from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.keys import stage_configs, unlearn_key
@@ -83,24 +91,33 @@ def resolve_eval_batch_size(
 
 
 def evaluate(store: OutputStore) -> dict[str, float]:
-    """Accuracy of each model of ``store`` on R, F and D_test (test transforms), keyed
-    ``<model>/acc_<set>``, read from the outputs the evaluation suite shares (one forward
-    pass per model and set in the whole job)."""
-    return {accuracy_key(name, s): store.accuracy(name, s) for name in store.models for s in SETS}
+    """Accuracy of each model of ``store`` on R, F, the validation set and the test set (test
+    transforms), keyed ``<model>/acc_<set>``, read from the outputs the evaluation suite shares
+    (one forward pass per model and set in the whole job)."""
+    return {
+        accuracy_key(name, s): store.accuracy(name, s)
+        for name in store.models
+        for s in ACCURACY_SETS
+    }
 
 
 def derived_metrics(acc: dict[str, float], rte_s: float) -> dict[str, float]:
-    """ToW (000 eq. 10), ToW with absolute gaps, UA = 1 − Acc_u(F), RA, TA, RTE (SPEC §5)."""
-    unlearned = {s: acc[accuracy_key("unlearned", s)] for s in SETS}
-    oracle = {s: acc[accuracy_key("oracle", s)] for s in SETS}
-    return {
-        "tow": tug_of_war(unlearned, oracle),
-        "tow_abs": tug_of_war(unlearned, oracle, absolute=True),
-        "ua": 1.0 - unlearned["forget"],
-        "ra": unlearned["retain"],
-        "ta": unlearned["test"],
-        "rte_s": rte_s,
-    }
+    """ToW (000 eq. 10), ToW with absolute gaps, UA = 1 − Acc_u(F), RA, TA, RTE (SPEC §5), and
+    the validation versions ``tow_val``, ``tow_abs_val``, ``ta_val``: the same with the
+    validation set in the place of D_test, for selection (issue 16)."""
+    unlearned = {s: acc[accuracy_key("unlearned", s)] for s in ACCURACY_SETS}
+    oracle = {s: acc[accuracy_key("oracle", s)] for s in ACCURACY_SETS}
+
+    def on(held_out: str, accs: dict[str, float]) -> dict[str, float]:
+        return {"retain": accs["retain"], "forget": accs["forget"], "test": accs[held_out]}
+
+    metrics = {"ua": 1.0 - unlearned["forget"], "ra": unlearned["retain"], "rte_s": rte_s}
+    for held_out, suffix in (("test", ""), (VAL, "_val")):
+        u, o = on(held_out, unlearned), on(held_out, oracle)
+        metrics[f"tow{suffix}"] = tug_of_war(u, o)
+        metrics[f"tow_abs{suffix}"] = tug_of_war(u, o, absolute=True)
+        metrics[f"ta{suffix}"] = u["test"]
+    return metrics
 
 
 @dataclass
@@ -244,6 +261,14 @@ def split_metrics(art: Artefacts) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole pipeline for one config; return the ``results.json`` payload."""
     source = check_inputs(cfg)
+    log.info(
+        "[select] optimized_metric=%s%s; validation split: %.0f%% of D_test (validation.fraction)",
+        cfg.optimized_metric,
+        " (reads test labels: validation.allow_test_selection=true)"
+        if reads_test_labels(cfg.optimized_metric)
+        else " (no test label is read)",
+        100 * cfg.validation.fraction,
+    )
     # with a ddp trainer every rank runs the job; its ranks start here
     # (unlearning.pipeline.distributed)
     with distributed.session(cfg):
@@ -270,12 +295,16 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         return {"status": status, "config": OmegaConf.to_container(cfg), "metrics": {}}
     faults.inject("evaluate", 0)
 
+    val_rows, test_rows = carve_validation(
+        source.targets("test"), art.test_indices, cfg.validation.fraction, cfg.validation.seed
+    )
     data = UnlearningDataModule(
         source,
         art.forget_indices,
         eval_batch_size=job.eval_batch_size,
         num_workers=cfg.num_workers,
-        test_indices=art.test_indices,
+        test_indices=test_rows,
+        val_indices=val_rows,
     )
     device = evaluation_device(job)
     models = {
@@ -293,6 +322,8 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     metrics["oracle_s"] = float(StageCache.meta(art.oracle)["seconds"])
     metrics["split/n_forget"] = float(data.set_size("forget"))
     metrics["split/n_retain"] = float(data.set_size("retain"))
+    metrics["split/n_val"] = float(data.set_size("val"))
+    metrics["split/n_test"] = float(data.set_size("test"))
     metrics.update(split_metrics(art))
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
@@ -320,5 +351,11 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
         f"dataset={cfg.dataset.name} split={cfg.split.name} "
         f"|F|={int(metrics['split/n_forget'])} status={status}"
     )
-    print(summary_table(metrics, title) + f"\nresults: {output_dir / 'results.json'}", flush=True)
+    selection = (
+        f"selection: {cfg.optimized_metric} = {metrics.get(cfg.optimized_metric, math.nan):.4f}"
+    )
+    print(
+        summary_table(metrics, title) + f"\n{selection}\nresults: {output_dir / 'results.json'}",
+        flush=True,
+    )
     return {"status": status, "config": config, "metrics": metrics, "notes": evaluation.notes}

@@ -117,6 +117,7 @@ def test_every_seed_of_every_stage_is_a_seed():
         "dataset.split_seed",
         "dataset.label_noise_seed",
         "dataset.data_seed",
+        "validation.seed",
     }
 
 

@@ -5,12 +5,13 @@ import math
 
 import pytest
 
-from unlearning.outputs.results import MODELS, SETS, accuracy_key
+from unlearning.outputs.results import ACCURACY_SETS, MODELS, SETS, accuracy_key
 from unlearning.pipeline.run import run
 
 DOCUMENTED_KEYS = {
-    *(accuracy_key(m, s) for m in MODELS for s in SETS),
+    *(accuracy_key(m, s) for m in MODELS for s in ACCURACY_SETS),
     "tow", "tow_abs", "ua", "ra", "ta", "rte_s", "oracle_s", "split/n_forget", "split/n_retain",
+    "tow_val", "tow_abs_val", "ta_val", "split/n_val", "split/n_test",
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from unlearning.evaluation.family import (
     prefix,
 )
 from unlearning.evaluation.metrics.mia import VARIANTS, avg_gap, membership_inference, svc_mia
-from unlearning.outputs.results import accuracy_key
+from unlearning.outputs.results import VAL, accuracy_key
 
 
 class MembershipInference(Family):
@@ -33,6 +33,9 @@ class MembershipInference(Family):
       member, when ``combined``.
 
     Avg. Gap is the mean of |f_U − oracle| over UA, MIA-efficacy, RA and TA (004 §5.1).
+    ``mia_efficacy_val`` (f_U, oracle) is the ``variant`` attack with the validation set as the
+    non-members, and ``avg_gap_val`` Avg. Gap with it and TA on the validation set: the
+    selection versions, which read no test label (issue 16).
 
     Args:
         variant: the variant reported as ``mia_efficacy`` (one of
@@ -59,23 +62,52 @@ class MembershipInference(Family):
         self.combined_samples = combined_samples
 
     def needs(self) -> Needs:
-        """The logits of every model on every set."""
-        return Needs.of(MODELS, EVAL_SETS)
+        """The logits of every model on every set; f_U's and the oracle's on the validation set
+        (``mia_efficacy_val``)."""
+        return Needs.of(MODELS, EVAL_SETS) | Needs.of(("unlearned", "oracle"), (VAL,))
 
     def run(self, ctx: Context, result: Evaluation) -> None:
         for model in ("unlearned", "oracle", "original"):
             self._attack(ctx, result, model)
+        for model in ("unlearned", "oracle"):
+            self._validation_attack(ctx, result, model)
         m = {**ctx.metrics, **result.metrics}
-        unlearned = {k: m.get(k, math.nan) for k in ("ua", "ra", "ta", "mia_efficacy")}
-        oracle = {
-            "ua": 1.0 - m.get(accuracy_key("oracle", "forget"), math.nan),
-            "ra": m.get(accuracy_key("oracle", "retain"), math.nan),
-            "ta": m.get(accuracy_key("oracle", "test"), math.nan),
-            "mia_efficacy": m.get("oracle/mia_efficacy", math.nan),
-        }
-        result.metrics["avg_gap"] = avg_gap(unlearned, oracle)
-        if not math.isfinite(result.metrics["avg_gap"]):
-            result.notes["avg_gap"] = "a term of Avg. Gap (UA, MIA-efficacy, RA, TA) is undefined"
+        for suffix, held_out in (("", "test"), ("_val", VAL)):
+            unlearned = {
+                "ua": m.get("ua", math.nan),
+                "ra": m.get("ra", math.nan),
+                "ta": m.get(f"ta{suffix}", math.nan),
+                "mia_efficacy": m.get(f"mia_efficacy{suffix}", math.nan),
+            }
+            oracle = {
+                "ua": 1.0 - m.get(accuracy_key("oracle", "forget"), math.nan),
+                "ra": m.get(accuracy_key("oracle", "retain"), math.nan),
+                "ta": m.get(accuracy_key("oracle", held_out), math.nan),
+                "mia_efficacy": m.get(f"oracle/mia_efficacy{suffix}", math.nan),
+            }
+            key = f"avg_gap{suffix}"
+            result.metrics[key] = avg_gap(unlearned, oracle)
+            if not math.isfinite(result.metrics[key]):
+                result.notes[key] = "a term of Avg. Gap (UA, MIA-efficacy, RA, TA) is undefined"
+
+    def _validation_attack(self, ctx: Context, result: Evaluation, model: str) -> None:
+        """``mia_efficacy_val``: the ``variant`` attack with the validation set as the
+        non-members (no test label is read), for the selection metric ``avg_gap_val``."""
+        key = f"{prefix(model)}mia_efficacy_val"
+        sets = {s: ctx.store.outputs(model, s) for s in ("retain", VAL, "forget")}
+        if any(len(o) == 0 for o in sets.values()):
+            result.skip([key], "MIA needs non-empty retain, validation and forget sets")
+            return
+        try:
+            efficacy = svc_mia(
+                *((sets[s].logits, sets[s].labels) for s in ("retain", VAL, "forget")),
+                variants=(self.variant,),
+                max_samples=self.max_samples,
+            )
+        except ValueError as exc:
+            result.skip([key], f"the attack cannot use this model's outputs: {exc}")
+            return
+        result.metrics[key] = efficacy[self.variant]
 
     def _attack(self, ctx: Context, result: Evaluation, model: str) -> None:
         """Every attack on one model's outputs; keys skipped with the reason when it cannot."""
