@@ -28,7 +28,12 @@ from omegaconf.errors import OmegaConfBaseException
 from callbacks.sharpness import ADAPTIVE_PARAMS, VARIANTS
 from datamodules.real_datasets import AUGMENT_IMPLS
 from datamodules.sources import LABEL_NOISE_KEYS
-from datamodules.splits import MEMORIZATION_SPLITS
+from datamodules.splits import (
+    INFLUENCE_COMPONENTS,
+    INFLUENCE_ENDS,
+    INFLUENCE_SPLIT,
+    MEMORIZATION_SPLITS,
+)
 from unlearning.config.kinds import (
     BOOLEAN,
     COUNT,
@@ -53,6 +58,7 @@ from unlearning.errors import ConfigError
 from unlearning.evaluation.batch_fit import AUTO
 from unlearning.files import unwritable_reason
 from unlearning.memorization.estimator import STRATEGIES
+from unlearning.memorization.influence import ATTRIBUTIONS
 from unlearning.methods.base import UnlearningMethod
 from unlearning.outputs.results import SETS
 
@@ -133,7 +139,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 PRECISION_ALIASES = (32, 16, 64, "32", "16", "64", "bf16")
 MEMORIZATION_SOURCES = ("estimate", "file", "learning_speed")
 #: the forget-set rules of datamodules.splits.select_split
-SPLITS = ("random", "class", "group", *MEMORIZATION_SPLITS)
+SPLITS = ("random", "class", "group", *MEMORIZATION_SPLITS, INFLUENCE_SPLIT)
 #: how the KLoM oracle ensemble is trained (the memorization strategies bar ``processes``)
 ENSEMBLE_STRATEGIES = ("auto", "vmap", "sequential")
 #: Hydra's own keys of an instantiated node
@@ -283,6 +289,13 @@ TABLE: tuple[Rule, ...] = (
     Rule("split.label", COUNT),
     Rule("split.fine_label", integer(0, 99, example="0")),
     Rule("split.disjoint", BOOLEAN),
+    # influence-PC forget sets (002 App. M; conf/split/influence_pc.yaml)
+    Rule("split.component", choice(INFLUENCE_COMPONENTS)),
+    Rule("split.ends", choice(INFLUENCE_ENDS)),
+    Rule("split.min_size", POSITIVE_INT, "10"),
+    Rule("split.attribution", choice(ATTRIBUTIONS)),
+    Rule("split.self_influence", BOOLEAN),
+    Rule("split.proj_dim", POSITIVE_INT, "512"),
     # --- memorization scores (conf/memorization/)
     Rule("memorization.source", choice(MEMORIZATION_SOURCES)),
     Rule("memorization.members", POSITIVE_INT, "128"),
