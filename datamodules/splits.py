@@ -160,6 +160,17 @@ def influence_count(size: float | int, n_train: int, min_size: int) -> int:
     return count
 
 
+def split_size(split: Mapping[str, Any], n_train: int) -> int | None:
+    """|F| that the ``split`` rule will choose, checked (a :class:`DataConfigError` naming the
+    key otherwise), before anything is computed; ``None`` for rules without a size (class,
+    group)."""
+    if "size" not in split:
+        return None
+    if split["name"] == INFLUENCE_SPLIT:
+        return influence_count(split["size"], n_train, split["min_size"])
+    return forget_count(split["size"], n_train)
+
+
 def influence_forget_set(projections: np.ndarray, count: int, ends: str) -> np.ndarray:
     """F from one principal component's projections (002 App. M, forget sets 4–9), sorted
     indices: ``top`` takes the ``count`` targets of highest projection; ``both`` the

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from datamodules.errors import DataConfigError
-from datamodules.splits import influence_count, influence_forget_set, select_split
+from datamodules.splits import influence_count, influence_forget_set, select_split, split_size
 
 
 class _Source:
@@ -76,3 +76,12 @@ def test_select_split_uses_the_chosen_component_and_records_the_mean_projection(
         select_split({**split, "component": 3}, _Source(200), projections=projections)
     with pytest.raises(ValueError, match="projections"):
         select_split({**split, "component": 1}, _Source(200))
+
+
+def test_split_size_sizes_every_rule_before_anything_is_computed():
+    influence = {"name": "influence_pc", "size": 0.0002, "min_size": 10}
+    assert split_size(influence, 1438) == 10
+    assert split_size({"name": "random", "size": 0.01}, 1438) == 14
+    assert split_size({"name": "class", "label": 0}, 1438) is None
+    with pytest.raises(DataConfigError, match=r"split\.min_size"):
+        split_size({**influence, "min_size": 1438}, 1438)

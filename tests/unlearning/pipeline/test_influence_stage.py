@@ -49,7 +49,7 @@ def _memorization_entry(cache: StageCache, arrays: dict[str, np.ndarray] | None)
 def test_datamodel_influence_is_cached_and_its_first_pc_finds_the_coherent_group(
     config, tmp_path, monkeypatch
 ):
-    cfg = config("split=influence_pc", "split.size=12")
+    cfg = config("split=influence_pc", "split.attribution=datamodel", "split.size=12")
     source, n = _Source(), 200
     cache = StageCache(tmp_path / "cache")
     _memorization_entry(cache, _members(n))
@@ -69,7 +69,7 @@ def test_datamodel_influence_is_cached_and_its_first_pc_finds_the_coherent_group
 
 
 def test_datamodel_influence_without_the_members_record_names_the_fix(config, tmp_path):
-    cfg = config("split=influence_pc")
+    cfg = config("split=influence_pc", "split.attribution=datamodel")
     cache = StageCache(tmp_path / "cache")
     _memorization_entry(cache, None)
     with pytest.raises(DataConfigError) as info:
@@ -86,6 +86,7 @@ def test_datamodel_influence_without_the_members_record_names_the_fix(config, tm
         ("split.attribution=shapley", "split.attribution"),
         ("split.size=2000", "split.size"),
         ("split.proj_dim=0", "split.proj_dim"),
+        ("split.min_size=1438", "split.min_size"),
     ],
 )
 def test_bad_influence_values_fail_at_start_up_in_one_line(config, tmp_path, override, key):
@@ -124,6 +125,7 @@ def test_datamodel_influence_split_end_to_end_reads_the_memorization_members(con
     """Needs the memorization stage's members.npz (in_mask, margins)."""
     cfg = config(
         "split=influence_pc",
+        "split.attribution=datamodel",
         "split.size=10",
         "memorization.members=16",
         "method=finetune",

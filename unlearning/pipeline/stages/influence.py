@@ -56,7 +56,8 @@ def influence_key(
         "self_influence": bool(split.self_influence),
     }
     if split.attribution == "trak":
-        return {"influence": {**settings, "proj_dim": int(split.proj_dim)}, "pretrain": pretrain}
+        trak = {**settings, "proj_dim": int(split.proj_dim), "seed": int(split.seed)}
+        return {"influence": trak, "pretrain": pretrain}
     return {"influence": settings, "memorization": memorization}
 
 
