@@ -87,10 +87,11 @@ def test_datamodel_influence_without_the_members_record_names_the_fix(config, tm
         ("split.size=2000", "split.size"),
         ("split.proj_dim=0", "split.proj_dim"),
         ("split.min_size=1438", "split.min_size"),
+        ("split.attribution=datamodel memorization=learning_speed", "split.attribution"),
     ],
 )
 def test_bad_influence_values_fail_at_start_up_in_one_line(config, tmp_path, override, key):
-    cfg = config("split=influence_pc", override, cache=tmp_path / "cache")
+    cfg = config("split=influence_pc", *override.split(), cache=tmp_path / "cache")
     with pytest.raises(USER_ERRORS) as info:
         run(cfg)
     assert info.value.key == key and str(info.value).startswith(f"{key}=")
