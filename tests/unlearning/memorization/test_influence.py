@@ -60,12 +60,12 @@ def test_principal_components_project_each_target_on_its_embedding_s_components(
     pcs = principal_components(infl, 2, self_influence=True)
     for c, truth in ((0, s), (1, t)):
         cos = pcs.projections[:, c] @ truth / np.linalg.norm(truth)
-        assert abs(cos) / np.linalg.norm(pcs.projections[:, c]) == pytest.approx(1, abs=1e-9)
+        assert abs(cos) / np.linalg.norm(pcs.projections[:, c]) == pytest.approx(1, abs=1e-6)
         # sign convention: the largest |projection| is positive
         assert pcs.projections[np.argmax(np.abs(pcs.projections[:, c])), c] > 0
-    assert pcs.explained[0] > 0.95 and pcs.explained.sum() == pytest.approx(1, abs=1e-9)
+    assert pcs.explained[0] > 0.95 and pcs.explained.sum() == pytest.approx(1, abs=1e-6)
     flipped = principal_components(-infl, 2, self_influence=True)
-    np.testing.assert_allclose(flipped.projections, pcs.projections, atol=1e-9)
+    np.testing.assert_allclose(flipped.projections, pcs.projections, atol=1e-5)
 
 
 def test_zeroing_self_influence_finds_the_cluster_not_the_most_memorized_sample():
