@@ -161,14 +161,22 @@ def influence_count(size: float | int, n_train: int, min_size: int) -> int:
 
 
 def split_size(split: Mapping[str, Any], n_train: int) -> int | None:
-    """|F| that the ``split`` rule will choose, checked (a :class:`DataConfigError` naming the
-    key otherwise), before anything is computed; ``None`` for rules without a size (class,
-    group)."""
+    """|F| that the ``split`` rule will choose, checked against |S| (a :class:`DataConfigError`
+    naming the key otherwise) before anything is computed; ``None`` for rules without a size
+    (class, group). For ``influence_pc`` with TRAK also ``split.proj_dim < |S|``: TRAK inverts
+    the projected gradients' (proj_dim × proj_dim) Gram matrix, which has rank ≤ |S|."""
     if "size" not in split:
         return None
-    if split["name"] == INFLUENCE_SPLIT:
-        return influence_count(split["size"], n_train, split["min_size"])
-    return forget_count(split["size"], n_train)
+    if split["name"] != INFLUENCE_SPLIT:
+        return forget_count(split["size"], n_train)
+    if split.get("attribution") == "trak" and split["proj_dim"] >= n_train:
+        raise DataConfigError(
+            "split.proj_dim",
+            split["proj_dim"],
+            f"must be below |S| = {n_train}: TRAK inverts the Gram matrix of the projected "
+            f"gradients, singular from |S| dimensions on (e.g. split.proj_dim={n_train // 3})",
+        )
+    return influence_count(split["size"], n_train, split["min_size"])
 
 
 def influence_forget_set(projections: np.ndarray, count: int, ends: str) -> np.ndarray:

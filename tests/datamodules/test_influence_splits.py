@@ -85,3 +85,7 @@ def test_split_size_sizes_every_rule_before_anything_is_computed():
     assert split_size({"name": "class", "label": 0}, 1438) is None
     with pytest.raises(DataConfigError, match=r"split\.min_size"):
         split_size({**influence, "min_size": 1438}, 1438)
+    trak = {**influence, "attribution": "trak", "proj_dim": 512}
+    assert split_size(trak, 1438) == 10
+    with pytest.raises(DataConfigError, match=r"split\.proj_dim=2048: must be below \|S\| = 1438"):
+        split_size({**trak, "proj_dim": 2048}, 1438)

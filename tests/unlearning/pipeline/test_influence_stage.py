@@ -86,6 +86,7 @@ def test_datamodel_influence_without_the_members_record_names_the_fix(config, tm
         ("split.attribution=shapley", "split.attribution"),
         ("split.size=2000", "split.size"),
         ("split.proj_dim=0", "split.proj_dim"),
+        ("split.attribution=trak split.proj_dim=1438", "split.proj_dim"),
         ("split.min_size=1438", "split.min_size"),
         ("split.attribution=datamodel memorization=learning_speed", "split.attribution"),
     ],
