@@ -132,8 +132,75 @@ def class_forget_set(targets: np.ndarray, label: int, key: str = "split.label") 
     return forget
 
 
+#: the principal components an influence-PC split may use (002 App. M: the 1st and the 2nd)
+INFLUENCE_COMPONENTS = (1, 2)
+#: which end(s) of a component's projections an influence-PC split takes
+INFLUENCE_ENDS = ("top", "both")
+#: |S| of CIFAR-10, where 002 App. M's forget-set sizes (10, 100, 250 + 250) are counted
+INFLUENCE_REFERENCE_N = 50_000
+
+
+def influence_count(size: float | int, n_train: int, min_size: int) -> int:
+    """|F| of an influence-PC split. A count ``size ≥ 1`` is taken as given; a fraction
+    ``0 < size < 1`` of |S| is floored at ``min_size``: 002 App. M's sizes as fractions of
+    CIFAR-10's 50,000 (0.0002, 0.002, 0.01 for 10, 100, 500 samples) give the same counts there
+    and never fewer than ``min_size`` samples on a small dataset (digits: 10, 10, 14). Must
+    leave 1 ≤ |F| < |S|."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+        raise DataConfigError("split.size", size, "give a fraction of |S| in (0, 1) or a count ≥ 1")
+    if size >= 1:
+        return forget_count(size, n_train)
+    count = max(int(round(size * n_train)), int(min_size))
+    if count >= n_train:
+        raise DataConfigError(
+            "split.min_size",
+            min_size,
+            f"the forget set must leave samples to retain: give a floor below |S| = {n_train}",
+        )
+    return count
+
+
+def split_size(split: Mapping[str, Any], n_train: int) -> int | None:
+    """|F| that the ``split`` rule will choose, checked against |S| (a :class:`DataConfigError`
+    naming the key otherwise) before anything is computed; ``None`` for rules without a size
+    (class, group). For ``influence_pc`` with TRAK also ``split.proj_dim < |S|``: TRAK inverts
+    the projected gradients' (proj_dim × proj_dim) Gram matrix, which has rank ≤ |S|."""
+    if "size" not in split:
+        return None
+    if split["name"] != INFLUENCE_SPLIT:
+        return forget_count(split["size"], n_train)
+    if split.get("attribution") == "trak" and split["proj_dim"] >= n_train:
+        raise DataConfigError(
+            "split.proj_dim",
+            split["proj_dim"],
+            f"must be below |S| = {n_train}: TRAK inverts the Gram matrix of the projected "
+            f"gradients, singular from |S| dimensions on (e.g. split.proj_dim={n_train // 3})",
+        )
+    return influence_count(split["size"], n_train, split["min_size"])
+
+
+def influence_forget_set(projections: np.ndarray, count: int, ends: str) -> np.ndarray:
+    """F from one principal component's projections (002 App. M, forget sets 4–9), sorted
+    indices: ``top`` takes the ``count`` targets of highest projection; ``both`` the
+    ⌈count/2⌉ highest and the ⌊count/2⌋ lowest (sets 6 and 9: 250 + 250). Ties break by index."""
+    if ends not in INFLUENCE_ENDS:
+        raise DataConfigError("split.ends", ends, f"choose one of {list(INFLUENCE_ENDS)}")
+    if not 1 <= count < len(projections):
+        raise DataConfigError(
+            "split.size", count, f"give between 1 and {len(projections) - 1} samples"
+        )
+    highest = np.argsort(-projections, kind="stable")
+    if ends == "top":
+        return np.sort(highest[:count])
+    top = (count + 1) // 2
+    lowest = np.argsort(projections, kind="stable")[: count - top]
+    return np.sort(np.concatenate([highest[:top], lowest]))
+
+
 #: split rules that need memorization scores.
 MEMORIZATION_SPLITS = ("mem_high", "mem_mid", "mem_low", "mix")
+#: the split rule that needs the influence matrix's principal components (002 App. M)
+INFLUENCE_SPLIT = "influence_pc"
 
 
 @dataclass
@@ -147,10 +214,15 @@ class ForgetSplit:
 
 
 def select_split(
-    split: Mapping[str, Any], source: ImageSource, scores: np.ndarray | None = None
+    split: Mapping[str, Any],
+    source: ImageSource,
+    scores: np.ndarray | None = None,
+    projections: np.ndarray | None = None,
 ) -> ForgetSplit:
     """Apply the ``split`` config (SPEC §3) to ``source``: ``random``, ``mem_high|mid|low``,
-    ``mix`` (these need ``scores``), ``class`` or ``group``."""
+    ``mix`` (these need ``scores``), ``influence_pc`` (needs ``projections``, (|S|, components):
+    each training sample's projection on the influence matrix's principal components), ``class``
+    or ``group``."""
     name, targets = split["name"], source.targets("train")
     summary: dict[str, float] = {}
     test = None
@@ -168,6 +240,18 @@ def select_split(
         summary.update({f"overlap_{k}": v for k, v in level_overlaps(levels).items()})
         summary["mean_mem"] = float(np.nanmean(scores[forget]))
         summary["mean_mem_all"] = float(np.nanmean(scores))
+    elif name == INFLUENCE_SPLIT:
+        if projections is None:
+            raise ValueError(f"split={name} needs the influence matrix's projections")
+        component = split["component"]
+        if component not in INFLUENCE_COMPONENTS:
+            raise DataConfigError(
+                "split.component", component, f"choose one of {list(INFLUENCE_COMPONENTS)}"
+            )
+        count = influence_count(split["size"], len(targets), split["min_size"])
+        values = projections[:, component - 1]
+        forget = influence_forget_set(values, count, split["ends"])
+        summary["influence_mean_projection"] = float(values[forget].mean())
     elif name == "class":
         forget = class_forget_set(targets, split["label"])
         test = np.flatnonzero(source.targets("test") != split["label"])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.splits import MEMORIZATION_SPLITS
+from datamodules.splits import INFLUENCE_SPLIT, MEMORIZATION_SPLITS
 from unlearning.config.kinds import reject
 from unlearning.config.rules import locate
 from unlearning.config.topology import (
@@ -72,6 +72,10 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     (
         r"split/(mean_mem|mean_mem_all|mem_is_proxy|overlap_(high_mid|high_low|mid_low))",
         ("split=mem_high|mem_mid|mem_low|mix", lambda cfg: cfg.split.name in MEMORIZATION_SPLITS),
+    ),
+    (
+        r"split/influence_(models|explained|mean_projection)",
+        ("split=influence_pc", lambda cfg: cfg.split.name == INFLUENCE_SPLIT),
     ),
     (
         r"split/n_noisy_forget",
@@ -172,8 +176,21 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
 
 
 def check_split_fits_dataset(cfg: DictConfig) -> None:
-    """A class split names a class of the dataset; a group split needs sub-classes."""
+    """A class split names a class of the dataset; a group split needs sub-classes; an
+    influence-PC split from datamodels needs the memorization estimator's members."""
     split = cfg.split
+    if (
+        split.name == INFLUENCE_SPLIT
+        and split.attribution == "datamodel"
+        and cfg.memorization.source != "estimate"
+    ):
+        raise reject(
+            "split.attribution",
+            "datamodel",
+            "trak when memorization.source is not estimate",
+            "memorization=estimate (the datamodel matrix reads its members' margins)",
+            f"memorization.source={cfg.memorization.source} trains no members",
+        )
     if split.name == "class" and split.label >= cfg.dataset.num_classes:
         raise reject(
             "split.label",

@@ -28,7 +28,12 @@ from omegaconf.errors import OmegaConfBaseException
 from callbacks.sharpness import ADAPTIVE_PARAMS, VARIANTS
 from datamodules.real_datasets import AUGMENT_IMPLS
 from datamodules.sources import LABEL_NOISE_KEYS
-from datamodules.splits import MEMORIZATION_SPLITS
+from datamodules.splits import (
+    INFLUENCE_COMPONENTS,
+    INFLUENCE_ENDS,
+    INFLUENCE_SPLIT,
+    MEMORIZATION_SPLITS,
+)
 from unlearning.config.kinds import (
     BOOLEAN,
     COUNT,
@@ -54,6 +59,7 @@ from unlearning.evaluation.batch_fit import AUTO
 from unlearning.evaluation.metrics.mia import VARIANTS as MIA_VARIANTS
 from unlearning.files import unwritable_reason
 from unlearning.memorization.estimator import STRATEGIES
+from unlearning.memorization.influence import ATTRIBUTIONS
 from unlearning.methods.base import UnlearningMethod
 from unlearning.outputs.results import SETS
 
@@ -134,7 +140,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 PRECISION_ALIASES = (32, 16, 64, "32", "16", "64", "bf16")
 MEMORIZATION_SOURCES = ("estimate", "file", "learning_speed")
 #: the forget-set rules of datamodules.splits.select_split
-SPLITS = ("random", "class", "group", *MEMORIZATION_SPLITS)
+SPLITS = ("random", "class", "group", *MEMORIZATION_SPLITS, INFLUENCE_SPLIT)
 #: Hydra's own keys of an instantiated node
 HYDRA_KEYS: dict[str, Kind] = {
     "_target_": target(),
@@ -282,6 +288,13 @@ TABLE: tuple[Rule, ...] = (
     Rule("split.label", COUNT),
     Rule("split.fine_label", integer(0, 99, example="0")),
     Rule("split.disjoint", BOOLEAN),
+    # influence-PC forget sets (002 App. M; conf/split/influence_pc.yaml)
+    Rule("split.component", choice(INFLUENCE_COMPONENTS)),
+    Rule("split.ends", choice(INFLUENCE_ENDS)),
+    Rule("split.min_size", POSITIVE_INT, "10"),
+    Rule("split.attribution", choice(ATTRIBUTIONS)),
+    Rule("split.self_influence", BOOLEAN),
+    Rule("split.proj_dim", POSITIVE_INT, "512"),
     # --- memorization scores (conf/memorization/)
     Rule("memorization.source", choice(MEMORIZATION_SOURCES)),
     Rule("memorization.members", POSITIVE_INT, "128"),

@@ -50,6 +50,33 @@ def plot_scores(scores: np.ndarray, forget: np.ndarray, path: Path, split_name: 
     return save_figure(fig, path)
 
 
+def plot_influence(
+    projections: np.ndarray, forget: np.ndarray, path: Path, title: str, component: int
+) -> Path:
+    """Each training sample's projection on the influence matrix's 1st and 2nd principal
+    components (002 App. M) with the forget set F highlighted; the component F was chosen on
+    (``component``) is named on its axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.2), dpi=120)
+    keep = np.setdiff1d(np.arange(len(projections)), forget)
+    ax.scatter(
+        projections[keep, 0], projections[keep, 1], s=4, c="0.65", label=f"S \\ F (n={len(keep)})"
+    )
+    ax.scatter(
+        projections[forget, 0],
+        projections[forget, 1],
+        s=16,
+        c="C3",
+        marker="x",
+        label=f"F (n={len(forget)})",
+    )
+    for c, axis in ((1, ax.set_xlabel), (2, ax.set_ylabel)):
+        axis(f"projection on PC{c}" + (" (F chosen here)" if c == component else ""))
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=8)
+    return save_figure(fig, path)
+
+
 def plot_landscapes(landscapes: dict, path: Path, set_name: str) -> Path:
     """Loss landscapes of several models side by side (000 Fig. 3): one column per model
     (e.g. original, unlearned), rows = 1-D curve, 2-D contour, 2-D surface. ``landscapes`` maps

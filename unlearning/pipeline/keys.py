@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.sources import ImageSource, build_source
 from unlearning.methods.base import method_class
 from unlearning.pipeline.fingerprint import DigestMemo, data_fingerprint
+from unlearning.pipeline.stages.influence import influence_key, uses_influence
 from unlearning.pipeline.stages.scores import uses_scores
 
 #: bump when a stage's computation changes meaning, so old cache entries are not reused.
@@ -98,7 +99,11 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
       ``pretrain.seed``), trainer numerics.
     * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator;
       a score file by its bytes, :func:`memorization_key`).
-    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``).
+    * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``, the
+      influence key for ``influence_pc``).
+    * ``influence`` (only for ``split=influence_pc``): the attribution settings and the
+      memorization key (``datamodel``) or the pretrain key (``trak``)
+      (:func:`~unlearning.pipeline.stages.influence.influence_key`).
     * ``oracle``: everything of ``pretrain`` and ``split``.
     * ``mask``: f_A and F, and the method config values that size the mask
       (:meth:`~unlearning.methods.base.UnlearningMethod.mask_settings`; none for a method
@@ -126,9 +131,14 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
         "pretrain": determining(cfg.pretrain, "pretrain"),
         "trainer": determining(cfg.trainer, "trainer"),
     }
+    influence = {}
+    if uses_influence(cfg):
+        influence = {"version": CACHE_VERSION, **influence_key(cfg, pretrain, scores)}
+        split = {**split, "influence": influence}
     return {
         "pretrain": pretrain,
         "memorization": scores,
+        **({"influence": influence} if influence else {}),
         "split": {"version": CACHE_VERSION, "dataset": dataset, "split": split},
         "oracle": {**pretrain, "split": split},
         # saliency mask of f_A for methods that split the model (MinMax, SalUn)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from datamodules.sources import ImageSource, build_source
-from datamodules.splits import forget_count
+from datamodules.splits import split_size
 from datamodules.unlearning_datamodule import UnlearningDataModule
 from datamodules.validation import carve_validation
 from unlearning.config.consistency import check_data_sets, check_scores, reads_test_labels
@@ -34,7 +34,7 @@ from unlearning.evaluation.metrics.tow import tug_of_war
 from unlearning.evaluation.store import OutputStore
 from unlearning.evaluation.suite import Suite
 from unlearning.methods.base import method_class
-from unlearning.outputs.plots import plot_scores
+from unlearning.outputs.plots import plot_influence, plot_scores
 from unlearning.outputs.publish import publish
 from unlearning.outputs.results import (
     ACCURACY_SETS,
@@ -47,6 +47,7 @@ from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.keys import stage_configs, unlearn_key
 from unlearning.pipeline.stages.ensembles import EnsembleEngine
+from unlearning.pipeline.stages.influence import influence_entry, load_projections, uses_influence
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Artefacts:
     test_indices: np.ndarray | None
     scores: np.ndarray | None = None
     scores_entry: Path | None = None
+    influence: Path | None = None
 
 
 def check_inputs(cfg: DictConfig) -> ImageSource:
@@ -145,9 +147,7 @@ def check_inputs(cfg: DictConfig) -> ImageSource:
         raise unwrap_user_error(exc) from None
     source.check_contents()
     check_data_sets(cfg, source)
-    n_forget = None
-    if "size" in cfg.split:
-        n_forget = forget_count(cfg.split.size, len(source.targets("train")))
+    n_forget = split_size(cfg.split, len(source.targets("train")))
     if stages.uses_scores(cfg) and cfg.memorization.source == "file":
         mem = cfg.memorization
         scores = stages.read_score_file(Path(mem.path), mem.key, source.targets("train"))
@@ -174,8 +174,13 @@ def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Ar
         )
         with np.load(scores_entry / stages.SCORES_FILE) as data:
             scores = data["scores"]
+    influence = None
+    if uses_influence(cfg):
+        influence = influence_entry(cfg, source, cache, keys, pretrained)
     split = cache.get_or_compute(
-        "split", keys["split"], lambda d: stages.select_forget_set(cfg, source, scores, d)
+        "split",
+        keys["split"],
+        lambda d: stages.select_forget_set(cfg, source, scores, d, influence),
     )
     forget = np.load(split / stages.FORGET_FILE)
     test_file = split / stages.TEST_FILE
@@ -185,7 +190,7 @@ def cached_stages(cfg: DictConfig, source: ImageSource, cache: StageCache) -> Ar
         lambda d: stages.train_from_scratch(cfg, source, forget, "retain", d),
     )
     test = np.load(test_file) if test_file.is_file() else None
-    return Artefacts(pretrained, split, oracle, forget, test, scores, scores_entry)
+    return Artefacts(pretrained, split, oracle, forget, test, scores, scores_entry, influence)
 
 
 class Unlearned(NamedTuple):
@@ -251,7 +256,7 @@ def split_metrics(art: Artefacts) -> dict[str, float]:
     metrics = {
         f"split/{name}": float(value)
         for name, value in StageCache.meta(art.split).items()
-        if name.startswith(("overlap_", "mean_mem", "n_noisy"))
+        if name.startswith(("overlap_", "mean_mem", "n_noisy", "influence_"))
     }
     if art.scores_entry is not None:
         metrics["split/mem_is_proxy"] = float(StageCache.meta(art.scores_entry).get("is_proxy", 0))
@@ -327,6 +332,15 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     metrics.update(split_metrics(art))
     if art.scores is not None:
         plot_scores(art.scores, art.forget_indices, output_dir / "memorization.png", cfg.split.name)
+    if art.influence is not None:
+        title = f"{cfg.split.attribution} influence, F = PC{cfg.split.component} {cfg.split.ends}"
+        plot_influence(
+            load_projections(art.influence),
+            art.forget_indices,
+            output_dir / "influence.png",
+            title,
+            cfg.split.component,
+        )
     # the model ensembles the families read (KLoM: N pretrained, oracle and unlearned models),
     # each member an entry of its own stage in the shared cache
     ensembles = EnsembleEngine(job, source, cache, store, art.forget_indices, device).build_all(
