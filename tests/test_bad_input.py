@@ -158,6 +158,9 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
     ),
     # the optimized metric
     "optimized-metric-unknown": (["optimized_metric=nope"], "optimized_metric", "docs/results"),
+    "optimized-metric-test": (["optimized_metric=tow"], "optimized_metric", "tow_val"),
+    "validation-fraction": (["validation.fraction=1.5"], "validation.fraction", "(0, 1)"),
+    "mia-variant": (["eval.mia.variant=loss"], "eval.mia.variant", "confidence"),
     "optimized-metric-disabled": (
         ["optimized_metric=klom/forget"],
         "optimized_metric",

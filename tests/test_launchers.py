@@ -203,5 +203,49 @@ def test_optuna_search_over_alpha_and_lr_reports_the_best_trial(tmp_path):
         assert 0.8 <= trial["config"]["alpha"] <= 1.0
         assert 1e-4 <= trial["config"]["method"]["lr"] <= 1e-1
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert best.best_value == max(t["metrics"]["tow"] for t in trials)  # maximised ToW
+    # maximised ToW on the validation split (issue 16: never a test metric)
+    assert best.best_value == max(t["metrics"]["tow_val"] for t in trials)
     assert set(best.best_params) == {"alpha", "method.lr"}
+
+
+def _job_number(payload: dict) -> int:
+    """The job's number in its sweep (``hydra.job.num``: Optuna's proposal order)."""
+    hydra_yaml = Path(payload["config"]["paths"]["output_dir"]) / ".hydra" / "hydra.yaml"
+    return int(OmegaConf.load(hydra_yaml).hydra.job.num)
+
+
+@pytest.mark.slow  # two sweeper processes of three trials each (~2 min on 2 busy cores)
+def test_permuting_the_test_labels_changes_no_trial_and_no_selection(tmp_path):
+    """Issue 16: Optuna's objective is tow_val, so shuffling the labels of D_test's test rows
+    (the validation rows keep theirs) leaves every proposed trial and the best one unchanged,
+    while the test metrics, ToW among them, do change: the objective values Optuna sees are
+    identical, so every proposal after the single random start-up trial is too."""
+    permuted = "dataset._target_=tests.datamodules.permuted_digits.PermutedTestDigits"
+    runs = {}
+    for name, extra in (("real", []), ("permuted", [permuted])):
+        work = tmp_path / name
+        work.mkdir()
+        args = [
+            "hparams_search=alpha_lr_optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            *SHRUNK,
+            *cli_dirs(work),
+            *extra,
+        ]
+        result = run_cli(args, work)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        (sweep_dir,) = _sweep_dirs(work)
+        # in the order Optuna proposed them (each job's number, hydra.job.num)
+        trials = sorted(_payloads(sweep_dir).values(), key=_job_number)
+        runs[name] = (
+            [(t["config"]["alpha"], t["config"]["method"]["lr"]) for t in trials],
+            OmegaConf.load(sweep_dir / "optimization_results.yaml").best_params,
+            [t["metrics"] for t in trials],
+        )
+    (real_params, real_best, real_metrics), (perm_params, perm_best, perm_metrics) = runs.values()
+    assert real_params == perm_params and real_best == perm_best
+    assert [m["tow_val"] for m in real_metrics] == [m["tow_val"] for m in perm_metrics]
+    # the permutation does reach the test metrics: an objective on them (tow) would differ
+    assert real_metrics[0]["original/acc_test"] != perm_metrics[0]["original/acc_test"]
+    assert [m["tow"] for m in real_metrics] != [m["tow"] for m in perm_metrics]

@@ -301,7 +301,7 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
     faults.inject("evaluate", 0)
 
     val_rows, test_rows = carve_validation(
-        source.targets("test"), art.test_indices, cfg.validation.fraction, cfg.validation.seed
+        len(source.targets("test")), art.test_indices, cfg.validation.fraction, cfg.validation.seed
     )
     data = UnlearningDataModule(
         source,
