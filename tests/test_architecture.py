@@ -30,6 +30,7 @@ PACKAGES = (
     "unlearning.memorization",
     "unlearning.outputs",
     "unlearning.report",
+    "unlearning.tuning",
     "unlearning.config",
     "unlearning.methods",
     "unlearning.theory",

@@ -10,7 +10,13 @@ writes, into ``--out`` (default: the first directory):
 * ``report.csv`` — the same numbers in long form (one line per row × forget set, with n);
 * ``alpha_curve.png`` — the metric against α per method/optimizer and forget set (000 Fig. 2),
   for those swept over more than one α;
-* ``bars.png`` — bars with 95% intervals per forget set (000 Fig. 4).
+* ``bars.png`` — bars with 95% intervals per forget set (000 Fig. 4);
+* ``klom.png``, ``klom_retain.png`` — 002 Fig. 1 and 7 for runs with KLoM.
+
+When the jobs also report the metric's validation version (``tow`` → ``tow_val``), its table
+follows the test table, labelled as what selection reads (issue 16). A ``selection.json``
+below a directory (written by ``python -m unlearning.tuning``) adds, per row, the configuration
+the equal-budget search selected and the metric that selected it.
 
 Jobs whose ``status`` is not ``ok`` are counted and listed, never averaged in. The numbers come
 from :mod:`unlearning.report.tables`, the figures from :mod:`unlearning.report.plots`; this
@@ -27,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from unlearning.report.plots import write_plots
-from unlearning.report.tables import Job, load_jobs, markdown_table, summarise
+from unlearning.report.tables import (
+    Job,
+    load_jobs,
+    load_selections,
+    markdown_table,
+    selection_note,
+    summarise,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records, rows, splits = summarise(jobs, args.metric)
     table = markdown_table(records, rows, splits, args.metric)
-    note = failed_note(jobs)
+    val_metric = f"{args.metric}_val"
+    if any(j.metrics.get(val_metric) is not None for j in jobs):
+        val_table = markdown_table(*summarise(jobs, val_metric), val_metric)
+        table = f"test:\n\n{table}\n\nvalidation (what selection reads):\n\n{val_table}"
+    note = selection_note(load_selections(args.dirs), jobs) + failed_note(jobs)
     (out / "report.md").write_text(table + note + "\n")
     write_csv(records, out / "report.csv")
     plots = write_plots(jobs, records, args.metric, out)

@@ -149,3 +149,36 @@ def markdown_table(
                 cells.append(f"{100 * rec['mean']:.2f} ± {100 * rec['ci95']:.2f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: the file ``python -m unlearning.tuning`` writes beside the reruns of the selected configurations
+SELECTION_FILE = "selection.json"
+
+
+def load_selections(roots: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """``{method: record}`` from every :data:`SELECTION_FILE` below ``roots``; a record holds
+    the selected ``params``, the ``objective`` that selected them, its ``best_value`` and the
+    number of ``trials``."""
+    selections: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob(SELECTION_FILE)):
+            selections.update(json.loads(path.read_text()))
+    return selections
+
+
+def selection_note(selections: dict[str, dict[str, Any]], jobs: Sequence[Job]) -> str:
+    """The lines that say which configuration each method's rows used and what selected it."""
+    if not selections:
+        return ""
+    lines = ["\n\nselected configurations (equal budget, chosen on the validation objective):"]
+    for method in sorted({j.method for j in jobs} & set(selections)):
+        record = selections[method]
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in sorted(record["params"].items())
+        )
+        lines.append(
+            f"- {method}: {params} — best {record['objective']} {record['best_value']:.4f} "
+            f"of {record['trials']} trials"
+        )
+    return "\n".join(lines)
