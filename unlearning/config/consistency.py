@@ -81,6 +81,11 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     (r"(original/)?basin_ratio/(retain|forget|test)|time/landscape", _family_on("landscape")),
     (r"(original/)?hessian_top/(retain|forget|test)|time/hessian", _family_on("hessian")),
     (r"klom/(retain|forget|test)|time/klom", _family_on("klom")),
+    (r"(original/)?ulira/acc_(retain|forget|test)|time/ulira", _family_on("ulira")),
+    (
+        r"(original/)?forgetting_(quality|score)|time/forgetting_quality",
+        _family_on("forgetting_quality"),
+    ),
     (r"time/features", _family_on("features")),
 )
 
@@ -296,6 +301,15 @@ def check_distributed(cfg: DictConfig) -> None:
             "which runs on rank 0 only",
             "false, or use trainer=cpu / trainer=gpu",
         )
+    for family in ("ulira", "forgetting_quality"):  # the per-example attacks on the same ensembles
+        if runs_script_per_rank(cfg) and OmegaConf.select(cfg, f"eval.{family}.enabled"):
+            raise reject(
+                f"eval.{family}.enabled",
+                True,
+                "false under DDP: it reads KLoM's model ensembles, whose unlearned models are "
+                "trained inside the evaluation, which runs on rank 0 only",
+                "false, or use trainer=cpu / trainer=gpu",
+            )
     if runs_script_per_rank(cfg) and _chains_passes(cfg):
         raise ConfigError(
             "method",
