@@ -342,10 +342,8 @@ TABLE: tuple[Rule, ...] = (
     # the per-example attacks on the same ensembles (families/ulira.py, forgetting_quality.py)
     Rule("eval.ulira.models", integer(4), "8"),
     Rule("eval.ulira.folds", optional(integer(2)), "null"),
-    Rule("eval.ulira.strategy", choice(ENSEMBLE_STRATEGIES)),
     Rule("eval.ulira.original", BOOLEAN),
     Rule("eval.forgetting_quality.models", integer(3), "8"),
-    Rule("eval.forgetting_quality.strategy", choice(ENSEMBLE_STRATEGIES)),
     Rule("eval.forgetting_quality.original", BOOLEAN),
     Rule("eval.*", NODE),
     Rule("eval.*.enabled", BOOLEAN),

@@ -33,21 +33,20 @@ class ForgettingQuality(Family):
     Args:
         models: N, the members of each ensemble (≥ 3: the score's ε bins end at ⌈log(N − 1)⌉;
             the competition used 512; the same N as ``eval.klom.models`` shares the ensembles).
-        strategy: how the oracle ensemble is trained (as ``eval.klom.strategy``).
         original: also score the pretrained ensemble.
     """
 
-    def __init__(self, models: int = 8, strategy: str = "auto", original: bool = False) -> None:
-        self.oracles = EnsembleNeed("oracle", models, strategy)
+    def __init__(self, models: int = 8, original: bool = False) -> None:
+        self.oracles = EnsembleNeed("oracle", models)
         self.scored = {"unlearned": EnsembleNeed("unlearned", models)}
         if original:
             self.scored["original"] = EnsembleNeed("original", models)
 
     def needs(self) -> Needs:
-        """The oracle ensemble and the scored ensembles; the logits of f_U on every set (the
-        unlearned ensemble's member 0 is the job's own model)."""
+        """The oracle ensemble and the scored ones; the outputs of the job's models of those
+        kinds on every set (member 0 of an ensemble is the job's own model of its kind)."""
         ensembles = (self.oracles, *self.scored.values())
-        return Needs.of(("unlearned",), EVAL_SETS, ensembles=ensembles)
+        return Needs.of([e.kind for e in ensembles], EVAL_SETS, ensembles=ensembles)
 
     def run(self, ctx: Context, result: Evaluation) -> None:
         oracle = ctx.ensembles.get(self.oracles)

@@ -35,7 +35,6 @@ class ULiRA(Family):
         folds: cross-fitting folds (member k of each ensemble is a target in fold ``k % folds``,
             a shadow in the others); ``None``: leave-one-out; 2: disjoint shadow and target
             halves.
-        strategy: how the oracle ensemble is trained (as ``eval.klom.strategy``).
         original: also attack the pretrained ensemble.
     """
 
@@ -43,20 +42,19 @@ class ULiRA(Family):
         self,
         models: int = 8,
         folds: int | None = None,
-        strategy: str = "auto",
         original: bool = False,
     ) -> None:
         self.folds = folds
-        self.oracles = EnsembleNeed("oracle", models, strategy)
+        self.oracles = EnsembleNeed("oracle", models)
         self.attacked = {"unlearned": EnsembleNeed("unlearned", models)}
         if original:
             self.attacked["original"] = EnsembleNeed("original", models)
 
     def needs(self) -> Needs:
-        """The oracle ensemble, the attacked ensembles; the logits of f_U on every set (the
-        unlearned ensemble's member 0 is the job's own model)."""
+        """The oracle ensemble and the attacked ones; the outputs of the job's models of those
+        kinds on every set (member 0 of an ensemble is the job's own model of its kind)."""
         ensembles = (self.oracles, *self.attacked.values())
-        return Needs.of(("unlearned",), EVAL_SETS, ensembles=ensembles)
+        return Needs.of([e.kind for e in ensembles], EVAL_SETS, ensembles=ensembles)
 
     def run(self, ctx: Context, result: Evaluation) -> None:
         oracle = ctx.ensembles.get(self.oracles)
