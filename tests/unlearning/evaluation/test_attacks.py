@@ -118,3 +118,27 @@ def test_bad_attack_settings_fail_at_start_up(config, overrides, key, says):
     with pytest.raises(ConfigError, match=says) as error:
         validate_config(config(*overrides))
     assert error.value.key == key
+
+
+@pytest.mark.slow  # two whole jobs with 6-member ensembles (minutes on 2 cores)
+def test_a_method_that_does_nothing_is_told_from_the_oracles_and_retraining_is_not(config):
+    """Issue 15: on a method that does nothing the attacks separate the unlearned models from the
+    oracles, on ``retrain`` they do not. ``method.epochs=0`` is refused by the validation layer
+    (epochs are positive), so "nothing" is one epoch of fine-tuning at lr 1e-12."""
+    from unlearning.pipeline.run import run
+
+    attacks = [
+        "eval=none",
+        "eval.ulira.enabled=true",
+        "eval.ulira.models=6",
+        "eval.forgetting_quality.enabled=true",
+        "eval.forgetting_quality.models=6",
+    ]
+    nothing = run(config("method=finetune", "method.epochs=1", "method.lr=1e-12", *attacks))
+    retrain = run(config("method=retrain", *attacks))
+    nothing, retrain = nothing["metrics"], retrain["metrics"]
+    assert nothing["ulira/acc_forget"] > 0.7
+    assert abs(retrain["ulira/acc_forget"] - 0.5) < 0.1
+    assert nothing["ulira/acc_forget"] > retrain["ulira/acc_forget"] + 0.15
+    assert nothing["forgetting_quality"] < retrain["forgetting_quality"]
+    assert 0.0 <= nothing["forgetting_score"] and 0.0 <= retrain["forgetting_score"]

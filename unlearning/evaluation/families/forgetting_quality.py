@@ -1,5 +1,5 @@
 """The NeurIPS 2023 unlearning competition's forgetting quality and final score (Triantafillou et
-al. 2024, arXiv 2406.09073 §3), on the model ensembles the pipeline builds."""
+al. 2024, arXiv 2406.09073), on the model ensembles the pipeline builds."""
 
 from __future__ import annotations
 

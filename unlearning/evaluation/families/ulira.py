@@ -1,4 +1,4 @@
-"""U-LiRA (Hayes et al. 2024, arXiv 2403.01218 §4): the per-example likelihood-ratio attack that
+"""U-LiRA (Hayes et al. 2024, arXiv 2403.01218): the per-example likelihood-ratio attack that
 tells unlearned models from oracles, run on the model ensembles the pipeline builds."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Forgetting quality of the NeurIPS 2023 machine-unlearning competition (Triantafillou et al.
 2024, "Are we making progress in unlearning? Findings from the first NeurIPS unlearning
-competition", arXiv 2406.09073, §3 and App. A), following the competition's public scoring code
+competition", arXiv 2406.09073), following the competition's public scoring code
 (``google-deepmind/unlearning_evaluation``, ``metric.py`` and ``main.py``) step by step.
 
 Unlearning is read as (ε, δ)-indistinguishability between the distribution of the unlearned
@@ -175,5 +175,5 @@ def final_score(
     oracle_test_acc: float,
 ) -> float:
     """The competition's utility-adjusted score F · (RA_U / RA_R) · (TA_U / TA_R)
-    (``main.py``; Triantafillou et al. 2024 §3)."""
+    (``main.py``; Triantafillou et al. 2024)."""
     return quality * (retain_acc / oracle_retain_acc) * (test_acc / oracle_test_acc)

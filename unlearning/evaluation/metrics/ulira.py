@@ -1,5 +1,5 @@
 """U-LiRA, the per-example unlearning membership attack of Hayes et al. 2024 ("Inexact unlearning
-needs more careful evaluations to avoid a false sense of privacy", arXiv 2403.01218, §4): for
+needs more careful evaluations to avoid a false sense of privacy", arXiv 2403.01218): for
 each example, can an attacker who sees one model's output on it tell whether the model was
 *unlearned* (trained with the example, which was then unlearned) or *retrained* without it?
 
@@ -10,11 +10,12 @@ principles", Alg. 1) with "trained on x" replaced by "trained on x, then x unlea
    which for a softmax is exactly the margin ``z_y − logsumexp_{k≠y} z_k`` the ensembles hold
    (002 §2);
 2. per example, one Gaussian N(μ_u, σ_u²) is fitted to φ under shadow *unlearned* models and one,
-   N(μ_r, σ_r²), under shadow *retrained* models (maximum likelihood: mean and standard
-   deviation, LiRA Alg. 1 lines 9–10);
+   N(μ_r, σ_r²), under shadow *retrained* models (maximum likelihood: the mean and variance of
+   LiRA Alg. 1; LiRA's public code takes the median as the location, we keep the algorithm's
+   mean);
 3. a target model's φ on the example is scored by the likelihood ratio
-   Λ = N(φ; μ_u, σ_u²) / N(φ; μ_r, σ_r²) (LiRA Alg. 1 line 12) and judged *unlearned* when Λ > 1,
-   the Bayes decision between two equally likely hypotheses;
+   Λ = N(φ; μ_u, σ_u²) / N(φ; μ_r, σ_r²) (LiRA Alg. 1's return value) and judged *unlearned*
+   when Λ > 1, the Bayes decision between two equally likely hypotheses;
 4. the attack's accuracy is measured on target models that were not shadows, half of them
    unlearned and half retrained; 0.5 means the unlearned models cannot be told from retrained
    ones on that example.
@@ -43,7 +44,7 @@ def log_likelihood_ratio(
     mean_r: np.ndarray,
     std_r: np.ndarray,
 ) -> np.ndarray:
-    """log Λ = log N(x; μ_u, σ_u²) − log N(x; μ_r, σ_r²), elementwise (LiRA Alg. 1 line 12).
+    """log Λ = log N(x; μ_u, σ_u²) − log N(x; μ_r, σ_r²), elementwise (LiRA Alg. 1's Λ).
 
     With z = (x − μ)/σ, log N(x; μ, σ²) = −z²/2 − log σ − log √(2π); the constant cancels.
     NaN where both densities underflow to 0 (x far from both spikes of degenerate fits)."""
@@ -67,7 +68,7 @@ def _fold_of(members: int, folds: int) -> np.ndarray:
 def ulira_accuracies(
     unlearned: np.ndarray, oracle: np.ndarray, folds: int | None = None
 ) -> np.ndarray:
-    """Per example, the balanced accuracy of U-LiRA (Hayes et al. 2024 §4) on held-out members.
+    """Per example, the balanced accuracy of U-LiRA (Hayes et al. 2024) on held-out members.
 
     Args:
         unlearned: ``(N, n)`` logit-scaled confidences (margins) of n examples under N unlearned

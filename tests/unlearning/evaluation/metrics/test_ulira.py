@@ -1,4 +1,4 @@
-"""U-LiRA (Hayes et al. 2024 §4): the Gaussian likelihood ratio, the fits, the held-out
+"""U-LiRA (Hayes et al. 2024): the Gaussian likelihood ratio, the fits, the held-out
 (cross-fitted) accuracy on hand-computed numbers, and its behaviour on synthetic ensembles."""
 
 import math
