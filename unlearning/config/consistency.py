@@ -81,12 +81,12 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     (r"(original/)?basin_ratio/(retain|forget|test)|time/landscape", _family_on("landscape")),
     (r"(original/)?hessian_top/(retain|forget|test)|time/hessian", _family_on("hessian")),
     (r"klom/(retain|forget|test)|time/klom", _family_on("klom")),
+    (r"time/features", _family_on("features")),
     (r"(original/)?ulira/acc_(retain|forget|test)|time/ulira", _family_on("ulira")),
     (
         r"(original/)?forgetting_(quality|score)|time/forgetting_quality",
         _family_on("forgetting_quality"),
     ),
-    (r"time/features", _family_on("features")),
 )
 
 

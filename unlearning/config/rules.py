@@ -339,16 +339,16 @@ TABLE: tuple[Rule, ...] = (
     Rule("eval.klom.clip", number(0, 1e6, low_open=True), "100.0"),
     Rule("eval.klom.percentile", number(0, 100), "95.0"),
     Rule("eval.klom.strategy", choice(ENSEMBLE_STRATEGIES)),
+    Rule("eval.*", NODE),
+    Rule("eval.*.enabled", BOOLEAN),
+    Rule("eval.*.max_samples", POSITIVE_INT, "500"),
+    Rule("eval.*.sets", list_of(choice(SETS)), "[test,forget]"),
     # the per-example attacks on the same ensembles (families/ulira.py, forgetting_quality.py)
     Rule("eval.ulira.models", integer(4), "8"),
     Rule("eval.ulira.folds", optional(integer(2)), "null"),
     Rule("eval.ulira.original", BOOLEAN),
     Rule("eval.forgetting_quality.models", integer(3), "8"),
     Rule("eval.forgetting_quality.original", BOOLEAN),
-    Rule("eval.*", NODE),
-    Rule("eval.*.enabled", BOOLEAN),
-    Rule("eval.*.max_samples", POSITIVE_INT, "500"),
-    Rule("eval.*.sets", list_of(choice(SETS)), "[test,forget]"),
 )
 #: keys inside an instantiated node that the pipeline reads itself (not the target's arguments)
 READ_BY_PIPELINE = (*(f"dataset.{key}" for key in LABEL_NOISE_KEYS), "eval.*.enabled")
