@@ -38,12 +38,7 @@ class ULiRA(Family):
         original: also attack the pretrained ensemble.
     """
 
-    def __init__(
-        self,
-        models: int = 8,
-        folds: int | None = None,
-        original: bool = False,
-    ) -> None:
+    def __init__(self, models: int = 8, folds: int | None = None, original: bool = False) -> None:
         self.folds = folds
         self.oracles = EnsembleNeed("oracle", models)
         self.attacked = {"unlearned": EnsembleNeed("unlearned", models)}
@@ -66,7 +61,11 @@ class ULiRA(Family):
                 continue
             self._attack(attacked, oracle, keys, result)
 
-    def _attack(self, attacked: Ensemble, oracle: Ensemble, keys: list[str], result: Evaluation):
+    def _attack(
+        self, attacked: Ensemble, oracle: Ensemble, keys: list[str], result: Evaluation
+    ) -> None:
+        """U-LiRA of ``attacked`` against ``oracle`` on each set into ``keys`` (a set it cannot
+        attack, empty or with non-finite margins, is skipped with the reason)."""
         if attacked.note is not None:
             result.notes[keys[EVAL_SETS.index("forget")]] = attacked.note
         for set_name, key in zip(EVAL_SETS, keys):
