@@ -35,12 +35,14 @@ def _run(family, ensembles, metrics=None) -> Evaluation:
 
 
 def test_the_attacks_read_the_same_ensembles_as_klom(config):
-    families = ["eval.klom.enabled=true", "eval.ulira.enabled=true",
-                "eval.forgetting_quality.enabled=true"]  # fmt: skip
-    suite = Suite.from_config(config("eval=none", *families))
-    assert suite.needs().ensembles == (ORACLES, UNLEARNED)  # built once, read by three families
-    with_original = Suite.from_config(config("eval=none", *families, "eval.ulira.original=true"))
-    assert with_original.needs().ensembles == (ORACLES, UNLEARNED, ORIGINAL)
+    attacks = ["eval.ulira.enabled=true", "eval.forgetting_quality.enabled=true"]
+    alone = Suite.from_config(config("eval=none", *attacks)).needs().ensembles
+    assert alone == (ORACLES, UNLEARNED)
+    klom = Suite.from_config(config("eval=none", "eval.klom.enabled=true")).needs().ensembles
+    with_klom = Suite.from_config(config("eval=none", "eval.klom.enabled=true", *attacks))
+    assert with_klom.needs().ensembles == klom  # KLoM's ensembles, built once for all three
+    original = Suite.from_config(config("eval=none", *attacks, "eval.ulira.original=true"))
+    assert original.needs().ensembles == (ORACLES, UNLEARNED, ORIGINAL)
     halves = Suite.from_config(config("eval=none", "eval.ulira.enabled=true", "eval.ulira.folds=2"))
     assert dict(halves.families)["ulira"].folds == 2
 
