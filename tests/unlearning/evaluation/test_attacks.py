@@ -122,14 +122,20 @@ def test_bad_attack_settings_fail_at_start_up(config, overrides, key, says):
     assert error.value.key == key
 
 
-@pytest.mark.slow  # two whole jobs with 6-member ensembles (minutes on 2 cores)
+@pytest.mark.slow  # two whole jobs with 6-member ensembles (a few minutes on 2 cores)
 def test_a_method_that_does_nothing_is_told_from_the_oracles_and_retraining_is_not(config):
     """Issue 15: on a method that does nothing the attacks separate the unlearned models from the
     oracles, on ``retrain`` they do not. ``method.epochs=0`` is refused by the validation layer
-    (epochs are positive), so "nothing" is one epoch of fine-tuning at lr 1e-12."""
+    (epochs are positive), so "nothing" is one epoch of fine-tuning at lr 1e-12 (only BatchNorm's
+    running statistics move). F is the most memorized 5% (the learning-speed proxy): on a random
+    F of the embedded digits, pretrained models are hardly told from oracles (U-LiRA ≈ 0.59 at
+    N = 8, docs/evaluation.md). Measured with the ensemble engine at N = 6: U-LiRA 0.99 vs 0.53,
+    forgetting quality 0.0 vs 0.21."""
     from unlearning.pipeline.run import run
 
     attacks = [
+        "split=mem_high",
+        "memorization=learning_speed",
         "eval=none",
         "eval.ulira.enabled=true",
         "eval.ulira.models=6",
@@ -139,8 +145,8 @@ def test_a_method_that_does_nothing_is_told_from_the_oracles_and_retraining_is_n
     nothing = run(config("method=finetune", "method.epochs=1", "method.lr=1e-12", *attacks))
     retrain = run(config("method=retrain", *attacks))
     nothing, retrain = nothing["metrics"], retrain["metrics"]
-    assert nothing["ulira/acc_forget"] > 0.7
+    assert nothing["ulira/acc_forget"] > 0.9
     assert abs(retrain["ulira/acc_forget"] - 0.5) < 0.1
-    assert nothing["ulira/acc_forget"] > retrain["ulira/acc_forget"] + 0.15
-    assert nothing["forgetting_quality"] < retrain["forgetting_quality"]
-    assert 0.0 <= nothing["forgetting_score"] and 0.0 <= retrain["forgetting_score"]
+    assert nothing["forgetting_quality"] < 0.05
+    assert retrain["forgetting_quality"] > nothing["forgetting_quality"] + 0.1
+    assert nothing["forgetting_score"] <= nothing["forgetting_quality"] + 0.05
