@@ -96,6 +96,11 @@ METRICS: tuple[tuple[str, Condition | None], ...] = (
     (r"(oracle/)?relearn/steps|relearn/ratio|time/relearn", _family_on("relearn")),
     (r"klom(_original)?/(retain|forget|test)|klom/models|time/klom", _family_on("klom")),
     (r"time/features", _family_on("features")),
+    (r"(original/)?ulira/acc_(retain|forget|test)|time/ulira", _family_on("ulira")),
+    (
+        r"(original/)?forgetting_(quality|score)|time/forgetting_quality",
+        _family_on("forgetting_quality"),
+    ),
 )
 
 
@@ -115,6 +120,10 @@ def reads_test_labels(name: str) -> bool:
     """Whether the metric ``name`` is computed from D_test's labels (:data:`TEST_LABEL_METRICS`):
     choosing a configuration by it selects on the data the results report."""
     return re.fullmatch(TEST_LABEL_METRICS, name) is not None
+
+
+#: the evaluation families that read model ensembles (trained inside the evaluation, rank 0)
+ENSEMBLE_FAMILIES = ("klom", "ulira", "forgetting_quality")
 
 
 def is_metric(name: str) -> bool:
@@ -345,14 +354,16 @@ def check_distributed(cfg: DictConfig) -> None:
         )
     _check_rank_backend(cfg, name, devices)
     _check_nodes(cfg)
-    if runs_script_per_rank(cfg) and OmegaConf.select(cfg, "eval.klom.enabled"):
-        raise reject(
-            "eval.klom.enabled",
-            True,
-            "false under DDP: KLoM trains N − 1 more unlearned models inside the evaluation, "
-            "which runs on rank 0 only",
-            "false, or use trainer=cpu / trainer=gpu",
-        )
+    # the families that read model ensembles: their members are trained inside the evaluation
+    for family in ENSEMBLE_FAMILIES:
+        if runs_script_per_rank(cfg) and OmegaConf.select(cfg, f"eval.{family}.enabled"):
+            raise reject(
+                f"eval.{family}.enabled",
+                True,
+                "false under DDP: it reads model ensembles (KLoM's), whose members are trained "
+                "inside the evaluation, which runs on rank 0 only",
+                "false, or use trainer=cpu / trainer=gpu",
+            )
     if runs_script_per_rank(cfg) and _chains_passes(cfg):
         raise ConfigError(
             "method",

@@ -369,6 +369,12 @@ TABLE: tuple[Rule, ...] = (
     Rule("eval.*.enabled", BOOLEAN),
     Rule("eval.*.max_samples", POSITIVE_INT, "500"),
     Rule("eval.*.sets", list_of(choice(SETS)), "[test,forget]"),
+    # the per-example attacks on the same ensembles (families/ulira.py, forgetting_quality.py)
+    Rule("eval.ulira.models", integer(4), "8"),
+    Rule("eval.ulira.folds", optional(integer(2)), "null"),
+    Rule("eval.ulira.original", BOOLEAN),
+    Rule("eval.forgetting_quality.models", integer(3), "8"),
+    Rule("eval.forgetting_quality.original", BOOLEAN),
 )
 #: keys inside an instantiated node that the pipeline reads itself (not the target's arguments)
 READ_BY_PIPELINE = (*(f"dataset.{key}" for key in LABEL_NOISE_KEYS), "eval.*.enabled")

@@ -8,12 +8,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 class TensorSets:
-    """R, F and D_test as ``{name: (x, y)}``, served in batches of :attr:`batch_size`."""
+    """R, F, D_test (and the validation set: D_test's tensors when not given) as
+    ``{name: (x, y)}``, served in batches of :attr:`batch_size`."""
 
     batch_size = 64
 
     def __init__(self, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.sets = sets
+        self.sets = {"val": sets["test"], **sets} if "test" in sets else sets
 
     def set_size(self, name: str) -> int:
         return len(self.sets[name][1])

@@ -34,7 +34,7 @@ CHEAP_KEYS = {
         "mia", "mia_efficacy", "mia_combined",
         *(f"mia_efficacy/{v}" for v in VARIANTS),
     )),
-    "avg_gap",
+    "avg_gap", "mia_efficacy_val", "oracle/mia_efficacy_val", "avg_gap_val",
     *(f"{pre}{k}" for pre in ("", "original/") for k in (
         "e_var_all", "e_var_cls", "e_var_all_raw", "e_var_cls_raw", "e_wp_all", "e_wp_cls",
         "basin_ratio/test", "basin_ratio/forget", "hessian_top/retain", "hessian_top/forget",
@@ -83,8 +83,8 @@ def _models() -> dict[str, SmallCNN]:
     return out
 
 
-ACC = {"ua": 0.1, "ra": 0.9, "ta": 0.8, "oracle/acc_forget": 0.8, "oracle/acc_retain": 0.9,
-       "oracle/acc_test": 0.8}  # fmt: skip
+ACC = {"ua": 0.1, "ra": 0.9, "ta": 0.8, "ta_val": 0.8, "oracle/acc_forget": 0.8,
+       "oracle/acc_retain": 0.9, "oracle/acc_test": 0.8, "oracle/acc_val": 0.8}  # fmt: skip
 
 
 def test_eval_presets_switch_the_families_in_config_order(config):
@@ -110,7 +110,10 @@ def test_the_suite_merges_the_needs_the_families_declare(config):
     outputs of the three models (each ensemble's member 0)."""
     needs = Suite.from_config(config("eval=default")).needs()
     pairs = needs.output_map()
-    assert set(pairs) == {(m, s) for m in MODELS for s in EVAL_SETS}
+    assert set(pairs) == {(m, s) for m in MODELS for s in EVAL_SETS} | {
+        (m, "val")
+        for m in ("unlearned", "oracle")  # mia_efficacy_val
+    }
     assert {k for k, embeds in pairs.items() if embeds} == {
         (m, s) for m in ("original", "unlearned") for s in ("retain", "forget")
     }
