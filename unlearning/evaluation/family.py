@@ -185,3 +185,22 @@ class Family(ABC):
     def run(self, ctx: Context, result: Evaluation) -> None:
         """Compute the family's metrics into ``result`` (which also holds the metrics of the
         families that ran before it, in config order)."""
+
+
+class OracleComparison(Family):
+    """A family that compares ensembles with the oracle ensemble (U-LiRA, forgetting quality):
+    N unlearned models f_U^k, and with ``original`` also N pretrained models f_A^k (doing
+    nothing, the reference an unlearning method starts from), each against N oracles.
+    :attr:`compared` maps the model whose keys it writes to its ensemble."""
+
+    def __init__(self, models: int = 8, original: bool = False) -> None:
+        self.oracles = EnsembleNeed("oracle", models)
+        self.compared = {"unlearned": EnsembleNeed("unlearned", models)}
+        if original:
+            self.compared["original"] = EnsembleNeed("original", models)
+
+    def needs(self) -> Needs:
+        """The oracle ensemble and the compared ones; the outputs of the job's models of those
+        kinds on every set (member 0 of an ensemble is the job's own model of its kind)."""
+        ensembles = (self.oracles, *self.compared.values())
+        return Needs.of([e.kind for e in ensembles], EVAL_SETS, ensembles=ensembles)

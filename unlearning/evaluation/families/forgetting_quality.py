@@ -6,18 +6,15 @@ from __future__ import annotations
 import math
 
 from unlearning.evaluation.family import (
-    EVAL_SETS,
     Context,
-    EnsembleNeed,
     Evaluation,
-    Family,
-    Needs,
+    OracleComparison,
     prefix,
 )
 from unlearning.evaluation.metrics.forgetting_quality import final_score, forgetting_quality
 
 
-class ForgettingQuality(Family):
+class ForgettingQuality(OracleComparison):
     """``forgetting_quality``: per forget example, ε of the best threshold attack between N
     unlearned models and N oracles, scored 1, ½, ¼, … by ε's bin and averaged over F
     (:mod:`unlearning.evaluation.metrics.forgetting_quality`); 1 = no attack tells them apart.
@@ -36,21 +33,9 @@ class ForgettingQuality(Family):
         original: also score the pretrained ensemble.
     """
 
-    def __init__(self, models: int = 8, original: bool = False) -> None:
-        self.oracles = EnsembleNeed("oracle", models)
-        self.scored = {"unlearned": EnsembleNeed("unlearned", models)}
-        if original:
-            self.scored["original"] = EnsembleNeed("original", models)
-
-    def needs(self) -> Needs:
-        """The oracle ensemble and the scored ones; the outputs of the job's models of those
-        kinds on every set (member 0 of an ensemble is the job's own model of its kind)."""
-        ensembles = (self.oracles, *self.scored.values())
-        return Needs.of([e.kind for e in ensembles], EVAL_SETS, ensembles=ensembles)
-
     def run(self, ctx: Context, result: Evaluation) -> None:
         oracle = ctx.ensembles.get(self.oracles)
-        for model, need in self.scored.items():
+        for model, need in self.compared.items():
             quality_key = f"{prefix(model)}forgetting_quality"
             score_key = f"{prefix(model)}forgetting_score"
             scored = ctx.ensembles.get(need)

@@ -7,16 +7,14 @@ from unlearning.evaluation.family import (
     EVAL_SETS,
     Context,
     Ensemble,
-    EnsembleNeed,
     Evaluation,
-    Family,
-    Needs,
+    OracleComparison,
     prefix,
 )
 from unlearning.evaluation.metrics.ulira import ulira_accuracy
 
 
-class ULiRA(Family):
+class ULiRA(OracleComparison):
     """``ulira/acc_<set>`` for R, F and D_test: per example, Gaussians fitted to the margins
     (LiRA's logit-scaled confidence) of shadow unlearned models and shadow oracles, a
     likelihood-ratio test on held-out members of both ensembles, and the attack's balanced
@@ -39,21 +37,12 @@ class ULiRA(Family):
     """
 
     def __init__(self, models: int = 8, folds: int | None = None, original: bool = False) -> None:
+        super().__init__(models, original)
         self.folds = folds
-        self.oracles = EnsembleNeed("oracle", models)
-        self.attacked = {"unlearned": EnsembleNeed("unlearned", models)}
-        if original:
-            self.attacked["original"] = EnsembleNeed("original", models)
-
-    def needs(self) -> Needs:
-        """The oracle ensemble and the attacked ones; the outputs of the job's models of those
-        kinds on every set (member 0 of an ensemble is the job's own model of its kind)."""
-        ensembles = (self.oracles, *self.attacked.values())
-        return Needs.of([e.kind for e in ensembles], EVAL_SETS, ensembles=ensembles)
 
     def run(self, ctx: Context, result: Evaluation) -> None:
         oracle = ctx.ensembles.get(self.oracles)
-        for model, need in self.attacked.items():
+        for model, need in self.compared.items():
             keys = [f"{prefix(model)}ulira/acc_{s}" for s in EVAL_SETS]
             attacked = ctx.ensembles.get(need)
             if oracle is None or attacked is None:

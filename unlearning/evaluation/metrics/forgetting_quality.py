@@ -40,6 +40,8 @@ import math
 
 import numpy as np
 
+from unlearning.evaluation.metrics.klom import margin_pair
+
 #: δ of the (ε, δ) estimate (the competition's ``DELTA``)
 DELTA = 1e-5
 #: the largest ε reported (and the ε of an example whose populations differ 100× in spread)
@@ -133,12 +135,7 @@ def epsilons(unlearned: np.ndarray, oracle: np.ndarray, delta: float = DELTA) ->
     """``(n,)`` ε per example from ``(N, n)`` unlearned and ``(M, n)`` oracle φ (steps 1–4):
     the positive population of an example is the one with the larger median
     (``metric.py: compute_forget_score_from_confs``; ties: the unlearned one)."""
-    u = np.asarray(unlearned, np.float64)
-    r = np.asarray(oracle, np.float64)
-    if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
-        raise ValueError(f"margins must be (N, n) and (M, n), got {u.shape} and {r.shape}")
-    if not (np.isfinite(u).all() and np.isfinite(r).all()):
-        raise ValueError("the margins hold NaN or ±inf (a diverged ensemble member?)")
+    u, r = margin_pair(unlearned, oracle)
     oracle_positive = np.median(r, 0) > np.median(u, 0)
     return np.array(
         [

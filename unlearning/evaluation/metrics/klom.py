@@ -31,6 +31,19 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     return (correct.squeeze(-1) - torch.logsumexp(others, dim=-1)).numpy()
 
 
+def margin_pair(unlearned: np.ndarray, oracle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, n)`` and ``(M, n)`` margins of two ensembles on the same n samples as float64,
+    checked: two 2-D arrays over the same samples, every margin finite (a diverged member's NaN
+    is refused, not scored)."""
+    u = np.asarray(unlearned, np.float64)
+    r = np.asarray(oracle, np.float64)
+    if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
+        raise ValueError(f"margins must be (N, n) and (M, n), got {u.shape} and {r.shape}")
+    if not (np.isfinite(u).all() and np.isfinite(r).all()):
+        raise ValueError("the margins hold NaN or ±inf (a diverged ensemble member?)")
+    return u, r
+
+
 def klom_scores(
     unlearned: np.ndarray,
     oracle: np.ndarray,

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unlearning.evaluation.metrics.klom import margin_pair
+
 #: added to every fitted standard deviation, as LiRA's reference code does (``std + 1e-30``), so
 #: that a shadow population of identical values gives a (very narrow) Gaussian, not a 0/0
 STD_FLOOR = 1e-30
@@ -86,12 +88,7 @@ def ulira_accuracies(
         ValueError: for mismatched shapes, margins that are not finite, or a fold that leaves
             fewer than two shadows of one ensemble (a Gaussian needs two values).
     """
-    u = np.asarray(unlearned, np.float64)
-    r = np.asarray(oracle, np.float64)
-    if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
-        raise ValueError(f"margins must be (N, n) and (M, n), got {u.shape} and {r.shape}")
-    if not (np.isfinite(u).all() and np.isfinite(r).all()):
-        raise ValueError("the margins hold NaN or ±inf (a diverged ensemble member?)")
+    u, r = margin_pair(unlearned, oracle)
     folds = max(len(u), len(r)) if folds is None else folds
     fold_u, fold_r = _fold_of(len(u), folds), _fold_of(len(r), folds)
     shadows = min(min(np.sum(fold_u != f), np.sum(fold_r != f)) for f in range(folds))
