@@ -135,10 +135,7 @@ def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path)
     loads them instead of training them again and gives the same scores."""
     overrides = [
         "split=mem_high",
-        "memorization.members=6",
-        "memorization.epochs=1",
-        "memorization.chunk_size=1",
-        "memorization.workers=1",
+        "memorization.members=12",
         "pretrain.epochs=1",
         "method.epochs=1",
         "eval=none",
@@ -158,14 +155,14 @@ def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path)
     )
     members = tmp_path / "cache" / "memorization"
     deadline = time.monotonic() + 300
-    while not list(members.glob("*.partial/members/*.npy")) and time.monotonic() < deadline:
+    while not list(members.glob("*.partial/members/*.npz")) and time.monotonic() < deadline:
         if job.poll() is not None:
             pytest.fail("the estimate finished before it could be killed")
         time.sleep(0.05)
     job.kill()
     job.wait()
-    done = len(list(members.glob("*.partial/members/*.npy")))
-    assert 1 <= done < 6
+    done = len(list(members.glob("*.partial/members/*.npz")))
+    assert 1 <= done < 12
     rerun = run_cli(overrides, tmp_path)
     log = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, log[-3000:]

@@ -4,52 +4,69 @@ A proxy is *not* the Feldman–Zhang score (000 eq. 9): results record ``split/m
 and the config names the source, so a table never mixes the two silently.
 
 * Learning speed (Jiang et al. 2021; the "learning-speed" proxy of SPEC §4): train one model on S
-  with the pretraining recipe and record, after every epoch, the softmax probability it assigns
-  to each sample's label. Samples learned late (low mean confidence over training) are the
-  atypical, memorized ones: ``proxy(i) = 1 − mean_epochs p_t(y_i | x_i)``. Cost: one training
-  run plus one evaluation pass over S per epoch, against K runs for the estimator.
+  with the pretraining recipe (``cfg.pretrain`` with ``pretrain.seed = memorization.seed``) and
+  record, after every epoch, the softmax probability it assigns to each sample's label. Samples
+  learned late (low mean confidence over training) are the atypical, memorized ones:
+  ``proxy(i) = 1 − mean_epochs p_t(y_i | x_i)``. Cost: one training run plus one evaluation
+  pass over S per epoch, against K runs for the estimator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
 from torch import nn
 
-from unlearning.memorization.estimator import TrainConfig, predict, sgd_for, train_epoch
+from datamodules.sources import ImageSource
+from datamodules.unlearning_datamodule import UnlearningDataModule
 
 
-def learning_speed_proxy(
-    make_model: Callable[[], nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    eval_batch_size: int = 1024,
-) -> np.ndarray:
-    """``1 − mean_t p_t(y_i | x_i)`` over the end of each of ``epochs`` epochs of the estimator's
-    member recipe (:class:`unlearning.memorization.estimator.TrainConfig`: SGD with momentum,
-    weight decay
-    and a per-epoch cosine learning rate, 000 App. C.1) on all of S, in [0, 1]; higher = learned
-    later = more memorization-like."""
-    cfg = TrainConfig(epochs, lr, batch_size, momentum, weight_decay, seed, eval_batch_size)
-    device = torch.device("cpu")
-    torch.manual_seed(seed)
-    model = make_model()
-    opt = sgd_for(model, cfg)
-    generator = torch.Generator().manual_seed(seed)
-    confidence = torch.zeros(len(y), dtype=torch.float64)
-    for epoch in range(epochs):
-        train_epoch(
-            model, opt, x, y, torch.randperm(len(y), generator=generator), epoch, cfg, device
-        )
-        probs = predict(model, x, cfg, device).softmax(1)
-        confidence += probs[torch.arange(len(y)), y].double()
-    return (1.0 - confidence / epochs).numpy()
+class _EpochEnd(Callback):
+    """Calls ``hook(net, epoch)`` at the end of every training epoch of a Lightning fit."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.hook(pl_module.net, trainer.current_epoch)
+        pl_module.net.train()
+
+
+def learning_speed_proxy(cfg: DictConfig, source: ImageSource) -> np.ndarray:
+    """``1 − mean_t p_t(y_i | x_i)`` over the end of each of the ``pretrain.epochs`` epochs of
+    the pretraining recipe on all of S (seeded with ``memorization.seed``), in [0, 1]; higher =
+    learned later = more memorization-like. Trained by the fast path
+    (:func:`unlearning.pipeline.stages.fast_training.fit`) when it applies, else by the Lightning
+    stage."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from unlearning.evaluation.metrics.features import model_outputs
+    from unlearning.pipeline.stages.fast_training import fast_path_reason, fit
+    from unlearning.pipeline.stages.training import train_from_scratch
+
+    run = copy.deepcopy(cfg)
+    run.pretrain.seed = int(cfg.memorization.seed)
+    size = cfg.get("eval_batch_size")
+    size = size if isinstance(size, int) else 1024  # "auto": the CPU's batch
+    data = UnlearningDataModule(source, None, eval_batch_size=size)
+    labels = torch.as_tensor(source.targets("train")).long()
+    confidence = torch.zeros(len(labels), dtype=torch.float64)
+
+    @torch.no_grad()
+    def record(net: nn.Module, epoch: int) -> None:
+        out = model_outputs(net, data.eval_dataloader("train"), embeddings=False)
+        probs = out.logits.softmax(1)
+        confidence.add_(probs[torch.arange(len(labels)), labels].double())
+
+    if fast_path_reason(run) is None:
+        fit(run, source, None, "train", epoch_end=record)
+    else:
+        with tempfile.TemporaryDirectory(prefix="learning-speed-") as tmp:
+            train_from_scratch(run, source, None, "train", Path(tmp), callbacks=[_EpochEnd(record)])
+    return (1.0 - confidence / int(run.pretrain.epochs)).numpy()

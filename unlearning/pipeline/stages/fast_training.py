@@ -50,9 +50,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from callbacks.sharpness import (
     SharpnessAwareCallback,
@@ -238,13 +239,34 @@ def fast_train_from_scratch(
     train_set: str,
     work_dir: Path,
 ) -> dict[str, Any]:
-    """:func:`~unlearning.pipeline.stages.training.train_from_scratch` by a plain PyTorch loop:
-    ``cfg.model`` trained from its seeded init on ``train_set`` (``train`` = S, ``retain`` = R =
-    S minus ``forget_indices``) with ``cfg.pretrain``'s optimizer A, scheduler, batch size,
-    augmentation and epochs; saves ``work_dir/model.pt`` and returns the same metadata (this
-    attempt's training time, the epochs). Only for a config :func:`fast_path_reason` accepts
-    (raises ``ValueError`` with that reason otherwise). A non-finite loss or final weights raise
-    :class:`~unlearning.errors.DivergedStageError` naming ``pretrain.lr``; nothing is saved."""
+    """:func:`~unlearning.pipeline.stages.training.train_from_scratch` by a plain PyTorch loop
+    (:func:`fit`): saves ``work_dir/model.pt`` and returns the same metadata (this attempt's
+    training time, the epochs). Only for a config :func:`fast_path_reason` accepts (raises
+    ``ValueError`` with that reason otherwise); a divergence raises
+    :class:`~unlearning.errors.DivergedStageError` and saves nothing."""
+    net, meta = fit(cfg, source, forget_indices, train_set)
+    name = "pretrain" if train_set == "train" else "oracle"
+    path = work_dir / MODEL_FILE
+    with writing(path, f"the {name} stage's model", "paths.cache_dir"):
+        torch.save(net.state_dict(), path)
+    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)  # a Lightning attempt's leftovers
+    return meta
+
+
+def fit(
+    cfg: DictConfig,
+    source: ImageSource,
+    forget_indices: np.ndarray | None,
+    train_set: str,
+    epoch_end: Callable[[nn.Module, int], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``cfg.model`` from its seeded init (``pretrain.seed``) on ``train_set`` (``train`` =
+    S, ``retain`` = R = S minus ``forget_indices``) with ``cfg.pretrain``'s optimizer A,
+    scheduler, batch size, augmentation and epochs, in memory: the backbone (in train mode) and
+    the metadata of :func:`fast_train_from_scratch`. ``epoch_end(net, epoch)`` is called after
+    each epoch's scheduler step (it must leave the RNG and the weights as they are). A
+    non-finite loss or final weights raise :class:`~unlearning.errors.DivergedStageError`
+    naming ``pretrain.lr``."""
     reason = fast_path_reason(cfg)
     if reason is not None:
         raise ValueError(f"the fast training path does not apply: {reason}")
@@ -268,7 +290,6 @@ def fast_train_from_scratch(
             forget_indices,
             module.train_sets,
             int(p.batch_size),
-            cfg.eval_batch_size,
             num_workers=0,
             **module.epoch_schedule(),
         )
@@ -289,7 +310,7 @@ def fast_train_from_scratch(
                 x, y = batch[0], batch[1]
 
                 def closure(x: Tensor = x, y: Tensor = y) -> Tensor:
-                    loss = torch.nn.functional.cross_entropy(net(x), y)
+                    loss = F.cross_entropy(net(x), y)
                     optimizer.zero_grad()
                     loss.backward()
                     return loss
@@ -300,12 +321,11 @@ def fast_train_from_scratch(
                     raise DivergedStageError("pretrain.lr", p.lr, name, steps, f"loss is {loss}")
             if scheduler is not None:
                 scheduler.step()
+            if epoch_end is not None:
+                epoch_end(net, epoch)
+                net.train()
         if not all(torch.isfinite(t).all() for t in net.parameters()):
             raise DivergedStageError(
                 "pretrain.lr", p.lr, name, steps, "non-finite weights at the end"
             )
-    path = work_dir / MODEL_FILE
-    with writing(path, f"the {name} stage's model", "paths.cache_dir"):
-        torch.save(net.state_dict(), path)
-    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)  # a Lightning attempt's leftovers
-    return {"train_seconds": time.perf_counter() - start, "epochs": int(p.epochs)}
+    return net, {"train_seconds": time.perf_counter() - start, "epochs": int(p.epochs)}
