@@ -162,13 +162,14 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
 
 
 def load_members(entry: Path) -> dict[str, np.ndarray] | None:
-    """The member record of a memorization entry (``members.npz``): ``in_mask``, ``margins``
-    and ``correct``, each (K, n); ``None`` when the entry has none (a score file or a proxy)."""
+    """The member record of a memorization entry (``members.npz``): ``in_mask`` and ``margins``,
+    each (K, n), and ``correct`` when recorded; ``None`` when the entry has none (a score file
+    or a proxy)."""
     path = Path(entry) / MEMBERS_FILE
     if not path.is_file():
         return None
     with np.load(path) as data:
-        return {key: data[key] for key in ("in_mask", "margins", "correct")}
+        return {key: data[key] for key in ("in_mask", "margins", "correct") if key in data}
 
 
 def read_score_file(path: Path, key: str, labels: np.ndarray) -> np.ndarray:
