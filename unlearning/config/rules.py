@@ -299,6 +299,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("memorization.members", POSITIVE_INT, "128"),
     Rule("memorization.fraction", OPEN_UNIT, "0.7"),
     Rule("memorization.seed", SEED),
+    Rule("memorization.workers", POSITIVE_INT, "2"),
     Rule("memorization.threads", optional(POSITIVE_INT), "1"),
     Rule("memorization.path", TEXT, "data/memorization/cifar100.npz"),
     Rule("memorization.key", TEXT, "tr_mem"),

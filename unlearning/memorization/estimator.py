@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -240,6 +242,8 @@ def estimate_memorization(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    workers: int = 1,
+    worker_trainer: Callable[[], TrainMember] | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> MemorizationResult:
     """Feldman–Zhang memorization of every sample of S (000 eq. 9, SPEC §4).
@@ -263,12 +267,16 @@ def estimate_memorization(
             ``members`` is not part of it. ``n``, ``fraction`` and ``seed`` are added.
         progress: show a progress bar (members done / K, ETA) and log a line every ~10 %.
         threads: if given, ``torch.set_num_threads(threads)`` for the duration of the call
-            (restored afterwards).
+            (restored afterwards), and in each worker process.
+        workers: with ``worker_trainer``, train this many members at once, each in a spawned
+            worker process that builds its own ``train_member`` by calling ``worker_trainer()``
+            (picklable: a ``functools.partial`` of a module-level function); members then finish
+            in any order. Each member is still trained by the same function, so the result is
+            the same as in one process. ``1`` (or no ``worker_trainer``): one after another in
+            this process.
         callback: ``callback(done, members)`` after each finished member is recorded (and
             saved); an exception raised there stops the estimate, leaving the saved members.
     """
-    import shutil
-    import tempfile
 
     t0 = time.perf_counter()
     labels = np.asarray(labels).reshape(-1)
@@ -294,19 +302,29 @@ def estimate_memorization(
     todo = [k for k in range(members) if not have[k]]
     bar = Progress(members, int(have.sum()), progress and bool(todo))
     scratch = None if store is not None else Path(tempfile.mkdtemp(prefix="members-"))
+
+    def record(k: int, m: np.ndarray, c: np.ndarray) -> None:
+        margins[k], correct[k], have[k] = m, c, True
+        if store is not None:
+            store.save(k, margins[k], correct[k])
+        bar.update(1)
+        if callback is not None:
+            callback(int(have.sum()), members)
+
+    root = store.work_dir if store is not None else scratch
+    assert root is not None
     try:
         with _torch_threads(threads):
-            for k in todo:
-                member_dir = (store.work_dir if store is not None else scratch) / f"member_{k}"
-                member_dir.mkdir(parents=True, exist_ok=True)
-                m, c = train_member(k, masks[k], member_dir)
-                margins[k], correct[k], have[k] = m, c, True
-                if store is not None:
-                    store.save(k, margins[k], correct[k])
-                shutil.rmtree(member_dir, ignore_errors=True)
-                bar.update(1)
-                if callback is not None:
-                    callback(int(have.sum()), members)
+            if workers > 1 and worker_trainer is not None and len(todo) > 1:
+                stream = _in_workers(worker_trainer, todo, masks, root, workers, threads)
+            else:
+                stream = _in_process(train_member, todo, masks, root)
+            try:
+                for k, m, c in stream:
+                    record(k, m, c)
+                    shutil.rmtree(root / f"member_{k}", ignore_errors=True)
+            finally:
+                stream.close()
     finally:
         bar.close()
         if scratch is not None:
@@ -325,6 +343,69 @@ def estimate_memorization(
     )
     _log_result(result)
     return result
+
+
+Row = tuple[int, np.ndarray, np.ndarray]
+
+
+def _in_process(
+    train_member: TrainMember, todo: list[int], masks: np.ndarray, root: Path
+) -> Iterator[Row]:
+    """Members ``todo`` trained one after another here: ``(k, margins, correct)`` each."""
+    for k in todo:
+        member_dir = root / f"member_{k}"
+        member_dir.mkdir(parents=True, exist_ok=True)
+        yield (k, *train_member(k, masks[k], member_dir))
+
+
+#: a worker process's ``train_member`` (set once per worker by :func:`_worker_init`)
+_WORKER: dict[str, TrainMember] = {}
+
+
+def _worker_init(worker_trainer: Callable[[], TrainMember], threads: int | None) -> None:
+    torch.set_num_threads(threads or 1)
+    _WORKER["train"] = worker_trainer()
+
+
+def _worker_train(k: int, row: np.ndarray, member_dir: Path) -> Row:
+    member_dir.mkdir(parents=True, exist_ok=True)
+    return (k, *_WORKER["train"](k, row, member_dir))
+
+
+def _in_workers(
+    worker_trainer: Callable[[], TrainMember],
+    todo: list[int],
+    masks: np.ndarray,
+    root: Path,
+    workers: int,
+    threads: int | None,
+) -> Iterator[Row]:
+    """Members ``todo`` trained by ``workers`` spawned processes, yielded as they finish; at
+    most ``workers`` are queued ahead, so a stop (an exception, a kill) loses at most the members
+    in flight."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(worker_trainer, threads),
+    )
+    queue = list(todo)
+    pending: set[Future] = set()
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:
+                k = queue.pop(0)
+                pending.add(pool.submit(_worker_train, k, masks[k], root / f"member_{k}"))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: f.result()[0]):
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ NON_DETERMINING = frozenset(
         "trainer.default_root_dir",  # set per stage to the stage's work directory
         "divergence.lag",  # when the guard reads the loss, not what it decides
         "memorization.threads",  # torch threads while training the members: speed
+        "memorization.workers",  # processes training members at once: speed
         # Hydra's flag that a node is called later with more arguments (always true for these)
         "optim.optimizer._partial_",
         "pretrain.optim.optimizer._partial_",

@@ -160,7 +160,7 @@ def test_without_the_fast_path_members_train_through_lightning(config, tmp_path,
 
 
 def test_the_stage_saves_members_with_subsets_margins_and_correctness(config, tmp_path):
-    cfg = config(*TINY, "split=mem_high", "memorization.members=3")
+    cfg = config(*TINY, "split=mem_high", "memorization.members=3", "memorization.workers=1")
     source = build_source(cfg.dataset)
     meta = compute_memorization(cfg, source, tmp_path)
     assert meta["source"] == "estimate" and meta["members"] == 3
@@ -173,6 +173,19 @@ def test_the_stage_saves_members_with_subsets_margins_and_correctness(config, tm
     assert members["correct"][members["margins"] > 0].all()
     assert not (tmp_path / "members").exists()  # the per-member files are gone
     assert load_members(tmp_path / "absent") is None
+
+
+def test_worker_processes_train_the_same_members(config, tmp_path):
+    """``memorization.workers=2``: members trained by two spawned processes (each rebuilding the
+    member trainer from the config) are the members trained here, saved in the store as they
+    finish; one process with its own threads setting is the reference."""
+    cfg = config(*TINY, "memorization.members=3", "memorization.workers=2", "split=mem_high")
+    compute_memorization(cfg, build_source(cfg.dataset), tmp_path)
+    here = _estimate(cfg, members=3)
+    members = load_members(tmp_path)
+    assert members is not None
+    np.testing.assert_array_equal(members["margins"], here.margins)
+    np.testing.assert_array_equal(members["correct"], here.correct)
 
 
 # ------------------------------------------------------------------ resume

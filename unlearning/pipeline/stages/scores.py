@@ -13,6 +13,7 @@ entry holds ``scores.npz`` and ``members.npz`` (each member's subset, margins an
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -109,6 +110,27 @@ def member_trainer(cfg: DictConfig, source: ImageSource) -> TrainMember:
     return train
 
 
+def worker_trainer(container: dict[str, Any]) -> TrainMember:
+    """:func:`member_trainer` in a worker process of the estimate (``memorization.workers``):
+    built from the job's resolved config ``container`` and its data source, rebuilt there."""
+    from datamodules.sources import build_source
+
+    cfg = OmegaConf.create(container)
+    return member_trainer(cfg, build_source(cfg.dataset))
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as a plain resolved dict without Hydra's own node (what a worker can rebuild)."""
+    out = {}
+    for key in cfg:
+        if key != "hydra":
+            node = cfg[key]
+            out[key] = (
+                OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            )
+    return out
+
+
 def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -> dict[str, Any]:
     """Memorization scores of S (SPEC §4): from a score file, the learning-speed proxy, or the
     Feldman–Zhang estimator (000 eq. 9) with members trained by the pretraining recipe (module
@@ -127,7 +149,10 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "learning_speed", "is_proxy": 1}
     from unlearning.memorization.estimator import estimate_memorization
+    from unlearning.pipeline.stages.fast_training import fast_path_reason
 
+    # worker processes only for the CPU fast path (a GPU or Lightning member trains here)
+    workers = int(mem.get("workers") or 1) if fast_path_reason(cfg) is None else 1
     result = estimate_memorization(
         member_trainer(cfg, source),
         labels,
@@ -138,6 +163,8 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         meta=member_recipe(cfg),
         progress=bool(cfg.trainer.get("enable_progress_bar", True)),
         threads=mem.get("threads"),
+        workers=workers,
+        worker_trainer=functools.partial(worker_trainer, _resolved(cfg)) if workers > 1 else None,
     )
     np.savez(
         work_dir / SCORES_FILE,
