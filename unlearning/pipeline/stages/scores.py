@@ -16,11 +16,13 @@ import copy
 import functools
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -143,8 +145,6 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "file", "is_proxy": 0}
     if mem.source == "learning_speed":
-        from unlearning.memorization.proxies import learning_speed_proxy
-
         scores = learning_speed_proxy(cfg, source)
         np.savez(work_dir / SCORES_FILE, scores=scores, stderr=np.full(n, np.nan))
         return {"source": "learning_speed", "is_proxy": 1}
@@ -186,6 +186,45 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
         "is_proxy": 0,
         "train_seconds": round(result.seconds, 3),
     }
+
+
+class _EpochEnd(Callback):
+    """Calls ``hook(net, epoch)`` at the end of every training epoch of a Lightning fit."""
+
+    def __init__(self, hook: Callable[[nn.Module, int], None]) -> None:
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.hook(pl_module.net, trainer.current_epoch)
+        pl_module.net.train()
+
+
+def learning_speed_proxy(cfg: DictConfig, source: ImageSource) -> np.ndarray:
+    """The learning-speed proxy (:class:`~unlearning.memorization.proxies.LearningSpeed`) of one
+    run of the pretraining recipe on all of S with ``pretrain.seed = memorization.seed``, read
+    after every epoch (eval mode, test transforms); trained by the fast path when it applies,
+    else by the Lightning stage."""
+    import tempfile
+
+    from unlearning.evaluation.metrics.features import model_outputs
+    from unlearning.memorization.proxies import LearningSpeed
+    from unlearning.pipeline.stages.fast_training import fast_path_reason, fit
+    from unlearning.pipeline.stages.training import train_from_scratch
+
+    run = copy.deepcopy(cfg)
+    run.pretrain.seed = int(cfg.memorization.seed)
+    data = UnlearningDataModule(source, None, eval_batch_size=_eval_batch_size(cfg))
+    speed = LearningSpeed(source.targets("train"))
+
+    def record(net: nn.Module, epoch: int) -> None:
+        speed.record(model_outputs(net, data.eval_dataloader("train"), embeddings=False).logits)
+
+    if fast_path_reason(run) is None:
+        fit(run, source, None, "train", epoch_end=record)
+    else:
+        with tempfile.TemporaryDirectory(prefix="learning-speed-") as tmp:
+            train_from_scratch(run, source, None, "train", Path(tmp), callbacks=[_EpochEnd(record)])
+    return speed.scores()
 
 
 def load_members(entry: Path) -> dict[str, np.ndarray] | None:
