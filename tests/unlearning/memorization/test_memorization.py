@@ -292,3 +292,16 @@ def test_flipped_labels_are_memorized_more(config) -> None:
     top = np.argsort(-np.nan_to_num(res.scores, nan=-1.0))[: flipped.sum()]
     assert flipped[top].mean() > 0.7
     assert np.all(np.isnan(res.stderr) | (res.stderr >= 0))
+
+
+def test_members_of_a_ddp_job_train_in_one_process_with_the_global_batch(config):
+    """The memorization stage runs on rank 0 alone: a DDP trainer's members are one process with
+    the same global batch, so the fast path applies to them on the CPU."""
+    from unlearning.pipeline.stages.fast_training import fast_path_reason
+    from unlearning.pipeline.stages.scores import member_config
+
+    cfg = config("trainer=ddp_cpu", "memorization.seed=3")
+    member = member_config(cfg, 2)
+    assert member.pretrain.seed == 5 and member.pretrain.batch_size == cfg.pretrain.batch_size
+    assert member.trainer.devices == 1 and fast_path_reason(member) is None
+    assert cfg.trainer.devices == 2  # the job's own config is untouched

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from datamodules.errors import DataConfigError
@@ -47,9 +47,17 @@ def uses_scores(cfg: DictConfig) -> bool:
 
 def member_config(cfg: DictConfig, k: int) -> DictConfig:
     """Memorization member ``k``'s config: ``cfg`` with ``pretrain.seed = memorization.seed + k``
-    (a deep copy), so member k draws its own init and batch order."""
+    (a deep copy), so member k draws its own init and batch order, and on one device: the
+    memorization stage runs on rank 0 alone, so a multi-process trainer (DDP) becomes one
+    process with the same global batch ``pretrain.batch_size``."""
+    from unlearning.config.topology import world_size
+
     member = copy.deepcopy(cfg)
     member.pretrain.seed = int(cfg.memorization.seed) + k
+    if world_size(cfg) > 1:
+        with open_dict(member.trainer):
+            member.trainer.devices, member.trainer.num_nodes = 1, 1
+            member.trainer.strategy = "auto"
     return member
 
 
@@ -90,7 +98,7 @@ def member_trainer(cfg: DictConfig, source: ImageSource) -> TrainMember:
     from unlearning.pipeline.stages.fast_training import fast_path_reason, fit
     from unlearning.pipeline.stages.training import load_model, train_from_scratch
 
-    reason = fast_path_reason(cfg)
+    reason = fast_path_reason(member_config(cfg, 0))
     if reason is not None:
         log.info("memorization: members train through Lightning (fast path off: %s)", reason)
     data = UnlearningDataModule(source, None, eval_batch_size=_eval_batch_size(cfg))
@@ -152,7 +160,7 @@ def compute_memorization(cfg: DictConfig, source: ImageSource, work_dir: Path) -
     from unlearning.pipeline.stages.fast_training import fast_path_reason
 
     # worker processes only for the CPU fast path (a GPU or Lightning member trains here)
-    workers = int(mem.get("workers") or 1) if fast_path_reason(cfg) is None else 1
+    workers = int(mem.get("workers") or 1) if fast_path_reason(member_config(cfg, 0)) is None else 1
     result = estimate_memorization(
         member_trainer(cfg, source),
         labels,
@@ -211,8 +219,7 @@ def learning_speed_proxy(cfg: DictConfig, source: ImageSource) -> np.ndarray:
     from unlearning.pipeline.stages.fast_training import fast_path_reason, fit
     from unlearning.pipeline.stages.training import train_from_scratch
 
-    run = copy.deepcopy(cfg)
-    run.pretrain.seed = int(cfg.memorization.seed)
+    run = member_config(cfg, 0)  # pretrain.seed = memorization.seed, one device
     data = UnlearningDataModule(source, None, eval_batch_size=_eval_batch_size(cfg))
     speed = LearningSpeed(source.targets("train"))
 
