@@ -16,7 +16,9 @@ alternating order, the same members are trained by:
   config, the stage's datamodule, seeding and optimizer, ``model.pt`` written;
 * ``plain``     — the best plain-PyTorch loop for the same recipe: the same seeded model and
   batches (one ``randperm`` per epoch over in-memory tensors), ``loss.backward()`` and an SGD
-  step, no framework at all; the weights are not saved;
+  step, no framework at all; the weights are not saved. Like the engine (and the Trainer) it
+  runs under ``torch.use_deterministic_algorithms`` when ``trainer.deterministic`` is true (the
+  CPU preset's setting, part of the recipe's numerics; it costs the loop ~4 % here);
 * ``lightning`` — the Lightning stage :func:`unlearning.pipeline.stages.training.
   train_from_scratch` (Trainer, checkpoint and RNG-state callbacks, divergence guard, CSV
   logger), which the fast path replaces and matches bit for bit;
@@ -57,9 +59,20 @@ PLAN = {"full": (4, None, 3, 3), "quick": (2, 5, 2, 2), "smoke": (1, 1, 1, 0)}
 
 def plain_fit(cfg, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> None:
     """The recipe as a hand loop: seeded model, SGD(momentum, weight decay), cosine per epoch,
-    shuffled batches of ``x[rows]``, the last smaller batch kept."""
+    shuffled batches of ``x[rows]``, the last smaller batch kept; deterministic algorithms as
+    ``trainer.deterministic`` asks."""
     from hydra.utils import instantiate
 
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")))
+    try:
+        _plain_loop(cfg, x, y, rows, instantiate)
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _plain_loop(cfg, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, instantiate) -> None:
+    """:func:`plain_fit`'s loop (module doc)."""
     torch.manual_seed(int(cfg.pretrain.seed))
     net = instantiate(cfg.model)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.pretrain.lr, momentum=0.9, weight_decay=5e-4)
