@@ -130,6 +130,28 @@ def test_sigterm_stops_with_143_and_the_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (from /proc; none where there is no /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path):
     """Kill the scores stage (Feldman–Zhang estimate) once some members are on disk: the rerun
     loads them instead of training them again and gives the same scores."""
@@ -159,10 +181,16 @@ def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path)
         if job.poll() is not None:
             pytest.fail("the estimate finished before it could be killed")
         time.sleep(0.05)
+    workers = _children(job.pid)  # memorization.workers=2: the spawned member trainers
     job.kill()
     job.wait()
     done = len(list(members.glob("*.partial/members/*.npz")))
     assert 1 <= done < 12
+    # the killed estimate's worker processes end with it instead of waiting forever
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
     rerun = run_cli(overrides, tmp_path)
     log = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, log[-3000:]

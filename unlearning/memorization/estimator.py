@@ -363,8 +363,25 @@ _WORKER: dict[str, TrainMember] = {}
 
 
 def _worker_init(worker_trainer: Callable[[], TrainMember], threads: int | None) -> None:
+    _exit_with_parent()
     torch.set_num_threads(threads or 1)
     _WORKER["train"] = worker_trainer()
+
+
+def _exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """End this worker process when the estimate's process is gone (killed: a preemption, or the
+    kill-and-resume test): the pool's queues do not tell an idle worker, which would otherwise
+    wait forever. A daemon thread polls the parent's pid."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_train(k: int, row: np.ndarray, member_dir: Path) -> Row:
