@@ -1,6 +1,7 @@
 """The fast training path (issue #15) trains the same model as the Lightning stage: the plain
 PyTorch loop of ``fast_train_from_scratch`` and ``train_from_scratch`` (a real Lightning
-``Trainer``) end with identical weights on the CPU for optimizer A = SGD, SAM and ASAM, on S and
+``Trainer``) end with identical weights on the CPU for optimizer A = SGD, SAM, ASAM and sharpness
+maximisation, with the batched train augmentation too, on S and
 on R; ``fast_path_reason`` names the setting that rules the fast path out."""
 
 from __future__ import annotations
@@ -64,3 +65,24 @@ def test_fast_path_reason_names_the_setting_it_cannot_follow(config, tmp_path, o
     assert reason is not None and reason.startswith(key), reason
     with pytest.raises(ValueError, match="does not apply"):
         fast_train_from_scratch(cfg, build_source(cfg.dataset), None, "train", tmp_path)
+
+
+def test_fast_path_draws_the_same_augmentation_as_the_lightning_stage(config, tmp_path):
+    """CIFAR-shaped data with the batched train augmentation (random crops and flips drawn from
+    the global RNG between steps): still the same weights, so the draws come in the same order."""
+    from tests.datamodules.test_real_datasets import write_cifar10
+
+    write_cifar10(tmp_path / "data")
+    cfg = config(
+        "dataset=cifar10",
+        f"dataset.root={tmp_path / 'data'}",
+        "model=small_cnn",
+        "model.width=4",
+        "pretrain.epochs=2",
+        "pretrain.batch_size=4",
+        "pretrain/optim=sam",
+    )
+    assert fast_path_reason(cfg) is None
+    assert build_source(cfg.dataset).batch_augment() is not None
+    lightning, fast = _both(cfg, tmp_path, "train", None)
+    assert all(torch.equal(lightning[k], fast[k]) for k in lightning)
