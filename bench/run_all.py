@@ -8,7 +8,7 @@ Usage::
     python -m bench --smoke --out /tmp/b.md   # tiny sizes: checks that everything runs
     python -m bench --only 2,4      # some items
 
-Items: 1 SAM/SGD step, 2 framework epoch / hand loop, 3 vectorised ensembles / sequential,
+Items: 1 SAM/SGD step, 2 framework epoch / hand loop, 3 ensemble members: engine / plain loop,
 4 in-memory data path / per-sample DataLoader, 5 exact OT / Sinkhorn, 6 cached sweep /
 independent jobs, 7 README run command cold and warm.
 """
@@ -40,7 +40,7 @@ def benches() -> dict[str, Callable[[str, Path], list[Row]]]:
     """Item → ``rows(size, work_dir)`` (imported lazily: each pulls in torch, Lightning, POT)."""
     from bench import (
         bench_data,
-        bench_memorization,
+        bench_ensemble,
         bench_ot,
         bench_sam,
         bench_sweep,
@@ -50,7 +50,7 @@ def benches() -> dict[str, Callable[[str, Path], list[Row]]]:
     return {
         "1": lambda size, work: bench_sam.rows(size),
         "2": bench_unlearn.rows,
-        "3": lambda size, work: bench_memorization.rows(size, work / "mem"),
+        "3": lambda size, work: bench_ensemble.rows(size, work / "ensemble"),
         "4": bench_data.rows,
         "5": bench_ot.rows,
         "6": bench_sweep.sweep_rows,

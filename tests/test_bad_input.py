@@ -88,7 +88,6 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
     # choices
     "scheduler-unknown": (["method.scheduler=linear"], "method.scheduler", "constant"),
     "memorization-source": (["memorization.source=guess"], "memorization.source", "estimate"),
-    "memorization-strategy": (["memorization.strategy=fast"], "memorization.strategy", "vmap"),
     "split-name-unknown": (["split.name=foo"], "split.name", "one of ['random'"),
     "trainer-precision": (["trainer.precision=8"], "trainer.precision", "bf16-mixed"),
     "trainer-accelerator": (["trainer.accelerator=tpu"], "trainer.accelerator", "one of"),
@@ -101,7 +100,6 @@ VALUE_ERRORS: dict[str, tuple[list[str], str, str]] = {
         "positive integer",
     ),
     "memorization-threads": (["memorization.threads=two"], "memorization.threads", "or null"),
-    "memorization-chunk-size": (["memorization.chunk_size=0"], "memorization.chunk_size", "posit"),
     "memorization-fraction": (["memorization.fraction=1.5"], "memorization.fraction", "(0, 1)"),
     "trainer-devices": (["trainer.devices=abc"], "trainer.devices", "positive integer, -1"),
     "trainer-devices-list-on-cpu": (["trainer.devices=[0]"], "trainer.devices", "processes"),

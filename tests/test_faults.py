@@ -130,15 +130,34 @@ def test_sigterm_stops_with_143_and_the_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (from /proc; none where there is no /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path):
     """Kill the scores stage (Feldman–Zhang estimate) once some members are on disk: the rerun
     loads them instead of training them again and gives the same scores."""
     overrides = [
         "split=mem_high",
-        "memorization.members=6",
-        "memorization.epochs=1",
-        "memorization.chunk_size=1",
-        "memorization.workers=1",
+        "memorization.members=12",
         "pretrain.epochs=1",
         "method.epochs=1",
         "eval=none",
@@ -158,14 +177,20 @@ def test_memorization_estimate_killed_mid_way_resumes_member_by_member(tmp_path)
     )
     members = tmp_path / "cache" / "memorization"
     deadline = time.monotonic() + 300
-    while not list(members.glob("*.partial/members/*.npy")) and time.monotonic() < deadline:
+    while not list(members.glob("*.partial/members/*.npz")) and time.monotonic() < deadline:
         if job.poll() is not None:
             pytest.fail("the estimate finished before it could be killed")
         time.sleep(0.05)
+    workers = _children(job.pid)  # memorization.workers=2: the spawned member trainers
     job.kill()
     job.wait()
-    done = len(list(members.glob("*.partial/members/*.npy")))
-    assert 1 <= done < 6
+    done = len(list(members.glob("*.partial/members/*.npz")))
+    assert 1 <= done < 12
+    # the killed estimate's worker processes end with it instead of waiting forever
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
     rerun = run_cli(overrides, tmp_path)
     log = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, log[-3000:]

@@ -58,7 +58,6 @@ from unlearning.errors import ConfigError
 from unlearning.evaluation.batch_fit import AUTO
 from unlearning.evaluation.metrics.mia import VARIANTS as MIA_VARIANTS
 from unlearning.files import unwritable_reason
-from unlearning.memorization.estimator import STRATEGIES
 from unlearning.memorization.influence import ATTRIBUTIONS
 from unlearning.methods.base import UnlearningMethod
 from unlearning.outputs.results import SETS
@@ -299,14 +298,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("memorization.source", choice(MEMORIZATION_SOURCES)),
     Rule("memorization.members", POSITIVE_INT, "128"),
     Rule("memorization.fraction", OPEN_UNIT, "0.7"),
-    Rule("memorization.epochs", POSITIVE_INT, "${pretrain.epochs}"),
-    Rule("memorization.lr", POSITIVE, "${pretrain.lr}"),
-    Rule("memorization.batch_size", POSITIVE_INT, "${pretrain.batch_size}"),
-    Rule("memorization.momentum", number(0, 1, high_open=True), "0.9"),
-    Rule("memorization.weight_decay", NON_NEGATIVE, "5e-4"),
     Rule("memorization.seed", SEED),
-    Rule("memorization.strategy", choice(STRATEGIES), "auto"),
-    Rule("memorization.chunk_size", POSITIVE_INT, "32"),
     Rule("memorization.workers", POSITIVE_INT, "2"),
     Rule("memorization.threads", optional(POSITIVE_INT), "1"),
     Rule("memorization.path", TEXT, "data/memorization/cifar100.npz"),

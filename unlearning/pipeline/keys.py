@@ -38,6 +38,8 @@ NON_DETERMINING = frozenset(
         "trainer.log_every_n_steps",  # when values reach the loggers, not the values
         "trainer.default_root_dir",  # set per stage to the stage's work directory
         "divergence.lag",  # when the guard reads the loss, not what it decides
+        "memorization.threads",  # torch threads while training the members: speed
+        "memorization.workers",  # processes training members at once: speed
         # Hydra's flag that a node is called later with more arguments (always true for these)
         "optim.optimizer._partial_",
         "pretrain.optim.optimizer._partial_",
@@ -45,6 +47,8 @@ NON_DETERMINING = frozenset(
         "pretrain.scheduler._partial_",
     }
 )
+#: memorization sources that train models with the pretraining recipe (their key holds it)
+TRAINED_SOURCES = ("estimate", "learning_speed")
 #: top-level config keys that do not change the unlearned model (its key in the output dir)
 NOT_UNLEARNING = ("paths", "logger", "eval", "validation", "optimized_metric", "hydra")
 
@@ -97,8 +101,10 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
 
     * ``pretrain``: dataset, model, pretraining settings (incl. optimizer A, its scheduler and
       ``pretrain.seed``), trainer numerics.
-    * ``memorization``: dataset, the ``memorization`` source (and the model for the estimator;
-      a score file by its bytes, :func:`memorization_key`).
+    * ``memorization``: dataset, the ``memorization`` source (a score file by its bytes,
+      :func:`memorization_key`); for the estimator and the learning-speed proxy, which train the
+      pretraining recipe, also the model, the ``pretrain`` node without ``pretrain.seed`` (the
+      members have their own seeds, ``memorization.seed + k``) and the trainer numerics.
     * ``split``: dataset and split rule (incl. ``split.seed``; and the scores for ``mem_*``, the
       influence key for ``influence_pc``).
     * ``influence`` (only for ``split=influence_pc``): the attribution settings and the
@@ -120,8 +126,12 @@ def stage_configs(cfg: DictConfig, source: ImageSource | None = None) -> dict[st
     dataset, split = dataset_key(cfg, source), determining(cfg.split, "split")
     memorization = memorization_key(cfg)
     scores = {"version": CACHE_VERSION, "dataset": dataset, "memorization": memorization}
-    if memorization.get("source") == "estimate":
+    if memorization.get("source") in TRAINED_SOURCES:
+        recipe = determining(cfg.pretrain, "pretrain")
+        recipe.pop("seed", None)  # f_A's seed: the members are seeded by memorization.seed
         scores["model"] = determining(cfg.model, "model")
+        scores["pretrain"] = recipe
+        scores["trainer"] = determining(cfg.trainer, "trainer")
     if uses_scores(cfg):
         split = {**split, "scores": scores}
     pretrain = {

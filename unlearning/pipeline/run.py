@@ -46,10 +46,23 @@ from unlearning.outputs.results import (
 from unlearning.pipeline import distributed, faults, stages
 from unlearning.pipeline.cache import StageCache
 from unlearning.pipeline.keys import stage_configs, unlearn_key
-from unlearning.pipeline.stages.ensembles import EnsembleEngine
+from unlearning.pipeline.stages.ensembles import EnsembleEngine, TrainFromScratch
+from unlearning.pipeline.stages.fast_training import fast_path_reason, fast_train_from_scratch
 from unlearning.pipeline.stages.influence import influence_entry, load_projections, uses_influence
 
 log = logging.getLogger(__name__)
+
+
+def member_trainer(cfg: DictConfig) -> TrainFromScratch:
+    """What trains the pretraining and oracle members of an ensemble: the fast path
+    (:func:`~unlearning.pipeline.stages.fast_training.fast_train_from_scratch`, the same model as
+    the Lightning stage) when :func:`~unlearning.pipeline.stages.fast_training.fast_path_reason`
+    allows it, else the Lightning stage :func:`stages.train_from_scratch`."""
+    reason = fast_path_reason(cfg)
+    if reason is None:
+        return fast_train_from_scratch
+    log.info("[ensemble] members train through Lightning (fast path off: %s)", reason)
+    return stages.train_from_scratch
 
 
 def evaluation_device(cfg: DictConfig) -> torch.device:
@@ -342,10 +355,17 @@ def _run_checked(cfg: DictConfig, source: ImageSource) -> dict[str, Any]:
             cfg.split.component,
         )
     # the model ensembles the families read (KLoM: N pretrained, oracle and unlearned models),
-    # each member an entry of its own stage in the shared cache
-    ensembles = EnsembleEngine(job, source, cache, store, art.forget_indices, device).build_all(
-        needs.ensembles
-    )
+    # each member an entry of its own stage in the shared cache; pretraining and oracle members
+    # train by the plain-PyTorch fast path (the same weights) where it applies
+    ensembles = EnsembleEngine(
+        job,
+        source,
+        cache,
+        store,
+        art.forget_indices,
+        device,
+        train_from_scratch=member_trainer(job) if needs.ensembles else stages.train_from_scratch,
+    ).build_all(needs.ensembles)
     evaluation = suite.run(store, output_dir, metrics, ensembles)
     del store, ensembles  # the outputs and margins are no longer needed
     metrics.update(evaluation.metrics)

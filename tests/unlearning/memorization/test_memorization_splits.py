@@ -65,7 +65,6 @@ def test_mem_levels_sweep_estimates_scores_once(tmp_path):
             "method.epochs=1",
             "pretrain.epochs=2",
             "memorization.members=4",
-            "memorization.epochs=1",
             *cli_dirs(tmp_path),
         ],
         tmp_path,

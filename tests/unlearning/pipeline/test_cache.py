@@ -31,11 +31,12 @@ def test_cache_keys_ignore_method_optim_alpha_seed_and_paths(config, tmp_path):
     [
         ("pretrain.lr=0.05", {"pretrain", "oracle", "memorization"}),  # members train like f_A
         ("pretrain.seed=1", {"pretrain", "oracle"}),
-        ("pretrain.optim.optimizer.momentum=0.5", {"pretrain", "oracle"}),
+        # optimizer A and the trainer numerics are the members' recipe too (issue 15)
+        ("pretrain.optim.optimizer.momentum=0.5", {"pretrain", "oracle", "memorization"}),
         ("model.width=16", {"pretrain", "oracle", "memorization"}),
         ("memorization.members=64", {"memorization"}),
         ("split=mem_high", {"split", "oracle"}),
-        ("trainer.limit_train_batches=3", {"pretrain", "oracle"}),
+        ("trainer.limit_train_batches=3", {"pretrain", "oracle", "memorization"}),
         ("split.size=0.1", {"split", "oracle"}),
         ("split.seed=7", {"split", "oracle"}),
         ("dataset.test_fraction=0.3", {"pretrain", "split", "oracle", "memorization"}),

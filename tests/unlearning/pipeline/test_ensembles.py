@@ -205,3 +205,28 @@ def test_klom_on_the_embedded_default_separates_f_from_held_out_data(config, for
     assert metrics["klom_original/test"] < 1.5 and metrics["klom_original/retain"] < 1.5
     assert metrics["klom_original/forget"] > 3.0
     assert metrics["klom/forget"] > 3.0  # one NegGrad setting does not unlearn F
+
+
+def test_the_pipeline_trains_members_by_the_fast_path_with_the_lightning_stages_weights(
+    config, tmp_path
+):
+    """Where the fast path applies, the pipeline's engine trains pretraining and oracle members
+    with it (issue 15); each is the entry the Lightning stage would have written, bit for bit."""
+    from unlearning.pipeline.run import member_trainer
+    from unlearning.pipeline.stages.fast_training import fast_train_from_scratch
+
+    overrides = ["pretrain.epochs=1", "method.epochs=1", "model.width=8", "pretrain/optim=sam"]
+    cfg = config(*overrides, cache=tmp_path / "engine")
+    assert member_trainer(cfg) is fast_train_from_scratch
+    assert member_trainer(config(*FAST)) is stages.train_from_scratch  # a batch limit: Lightning
+    engine, art = _engine(cfg, train_from_scratch=member_trainer(cfg))
+    for kind, train_set in (("original", "train"), ("oracle", "retain")):
+        member = engine.member_entry(kind, 1)
+        lightning = tmp_path / f"lightning-{kind}"
+        lightning.mkdir()
+        forget = None if kind == "original" else art.forget_indices
+        stages.train_from_scratch(
+            member_config(cfg, 1), check_inputs(cfg), forget, train_set, lightning
+        )
+        ours, theirs = _weights(member), _weights(lightning)
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours), kind

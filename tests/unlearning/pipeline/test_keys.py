@@ -144,3 +144,37 @@ def test_a_score_file_is_keyed_by_its_bytes_not_its_path(config, tmp_path):
     assert other["memorization"] != first[0]["memorization"]
     assert other["split"] != first[0]["split"] and other_unlearn != first[1]
     assert other["pretrain"] == first[0]["pretrain"], "pretraining reads no scores"
+
+
+@pytest.mark.parametrize("source", ["estimate", "learning_speed"])
+def test_the_memorization_key_holds_the_pretraining_recipe_but_not_its_seed(config, source):
+    """Issue 15: the members (and the proxy's run) are the pretraining recipe, so optimizer A,
+    its lr, epochs and scheduler, the model and the trainer numerics change the memorization
+    entry; ``pretrain.seed`` (f_A's own) and ``memorization.threads`` (speed) do not."""
+    base = ["split=mem_high", f"memorization={source}"]
+
+    def key(*overrides):
+        return _hashes(config(*base, *overrides))["memorization"]
+
+    first = key()
+    assert key("pretrain.seed=7") == first
+    if source == "estimate":
+        assert key("memorization.threads=2") == first
+        assert key("memorization.members=64") != first
+    for change in [
+        "pretrain/optim=sam",
+        "pretrain.lr=0.05",
+        "pretrain.epochs=3",
+        "pretrain.batch_size=32",
+        "scheduler@pretrain=constant",
+        "model.width=16",
+        "trainer.precision=64-true",
+        "memorization.seed=1",
+    ]:
+        assert key(change) != first, change
+
+
+def test_a_score_file_key_holds_no_pretraining_recipe(config):
+    cfg = config("split=mem_high", "memorization=file")
+    key = stage_configs(cfg)["memorization"]
+    assert "pretrain" not in key and "model" not in key and "trainer" not in key

@@ -27,12 +27,15 @@ from unlearning.memorization.influence import (
     trak_influence,
 )
 from unlearning.pipeline.cache import StageCache
-from unlearning.pipeline.stages.scores import compute_memorization, stack_dataset
+from unlearning.pipeline.stages.scores import (
+    MEMBERS_FILE,
+    compute_memorization,
+    load_members,
+    stack_dataset,
+)
 from unlearning.pipeline.stages.training import load_model
 
 INFLUENCE_FILE = "influence.npz"
-#: the memorization entry's member record: ``in_mask`` (K, n) bool and ``margins`` (K, n)
-MEMBERS_FILE = "members.npz"
 #: principal components kept in the entry (002 App. M uses the first two)
 COMPONENTS = 2
 
@@ -71,16 +74,15 @@ def compute_influence(
     component's share of the variance."""
     split = cfg.split
     if split.attribution == "datamodel":
-        members = upstream / MEMBERS_FILE
-        if not members.is_file():
+        members = load_members(upstream)
+        if members is None:
             raise DataConfigError(
                 "split.attribution",
                 "datamodel",
                 f"the memorization entry {upstream} holds no {MEMBERS_FILE} (each member's subset "
                 "and margins): use memorization.source=estimate, or split.attribution=trak",
             )
-        with np.load(members) as data:
-            in_mask, margins = data["in_mask"], data["margins"]
+        in_mask, margins = members["in_mask"], members["margins"]
         infl, models = datamodel_influence(in_mask, margins), int(in_mask.shape[0])
     else:
         x, y = stack_dataset(source.dataset("train", augment=False))

@@ -297,6 +297,7 @@ def train_from_scratch(
     forget_indices: np.ndarray | None,
     train_set: str,
     work_dir: Path,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train ``cfg.model`` from a fixed init on ``train_set`` with the pretraining settings
     (optimizer A = ``pretrain.optim``, scheduler ``pretrain.scheduler``; 000 App. C.1): f_A on
@@ -306,7 +307,9 @@ def train_from_scratch(
     :class:`~callbacks.divergence.DivergenceGuard` (non-finite loss or weights only) stops a
     diverging fit and the stage raises :class:`~unlearning.errors.DivergedStageError` naming
     ``pretrain.lr``, the step and the reason, so a broken model never becomes an entry (issue
-    19). Returns the training time of this attempt and the epochs.
+    19). ``callbacks``: further callbacks for this fit only (the learning-speed proxy's
+    per-epoch reading); they must not change the model. Returns the training time of this
+    attempt and the epochs.
     """
     p = cfg.pretrain
     name = "pretrain" if train_set == "train" else "oracle"
@@ -331,7 +334,7 @@ def train_from_scratch(
         batch_size_key="pretrain.batch_size",
         optim=p.optim,
         logger=CSVLogger(work_dir, name="logs"),  # one version per attempt (resumes keep logs)
-        callbacks=[guard],
+        callbacks=[guard, *callbacks],
         guard=guard,
         diverged_key="pretrain.lr",  # the most likely cause; the message names the step
     )
