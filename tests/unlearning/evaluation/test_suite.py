@@ -287,6 +287,23 @@ def test_the_pipeline_builds_the_ensembles_as_cached_stages_before_the_suite(
 
     for module in (training, unlearn):
         monkeypatch.setattr(module, "run_training_stage", counted_train)
+    member_trainer = pipeline.member_trainer
+
+    def counted_members(cfg):
+        """The members' trainer, counted (the fast path bypasses run_training_stage)."""
+        trainer = member_trainer(cfg)
+        if trainer is training.train_from_scratch:
+            return trainer
+
+        def counted(member, source, forget, train_set, work_dir):
+            events.append(
+                f"{'pretrain' if train_set == 'train' else 'oracle'}:{member.pretrain.seed}"
+            )
+            return trainer(member, source, forget, train_set, work_dir)
+
+        return counted
+
+    monkeypatch.setattr(pipeline, "member_trainer", counted_members)
     monkeypatch.setattr(KLoM, "run", logged_run)
     overrides = ["method=finetune", "method.epochs=1", "pretrain.epochs=1", "eval=none"]
     # a cache of its own: no other test's member may be found in it
