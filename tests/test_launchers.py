@@ -107,6 +107,7 @@ def test_submitit_local_sweep_runs_two_jobs_and_a_rerun_into_its_dir_skips_them(
 
 
 def test_slurm_launcher_without_sbatch_fails_at_start_up_naming_what_is_missing(tmp_path):
+    # a PATH with no Slurm client: the same path where Slurm is installed (.ci/slurm-up, CI)
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     result = run_cli(

@@ -87,7 +87,8 @@ def cluster_problem() -> str | None:
     """Why no Slurm cluster can be used here (one line), or ``None``."""
     missing = [p for p in ("sbatch", "sinfo", "sacct", "scontrol") if shutil.which(p) is None]
     if missing:
-        return f"no Slurm client ({', '.join(missing)}) on PATH: `make test-slurm` starts one"
+        tools = ", ".join(missing)
+        return f"no Slurm client ({tools}) on PATH: `make test-slurm` (as root) installs one"
     if _conf() is None and not Path("/etc/slurm/slurm.conf").is_file():
         return "no Slurm cluster configured ($SLURM_CONF unset): `make test-slurm` starts one"
     try:
