@@ -333,8 +333,6 @@ def _finish(sweep: subprocess.Popen, releaser: Releaser, timeout: int = 480) -> 
     return out
 
 
-# the in-process reference run sees `srun` on PATH; Lightning hints at it
-@pytest.mark.filterwarnings("ignore:The `srun` command is available")
 def test_a_job_requeued_while_unlearning_resumes_and_matches_an_uninterrupted_run(tmp_path):
     sweep = _start_sweep(UNLEARN_JOB, tmp_path)
     job = _first_job(tmp_path)
