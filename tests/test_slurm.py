@@ -206,21 +206,29 @@ def _sacct(job_id: str) -> dict[str, str]:
 
 class Releaser(threading.Thread):
     """Lets a requeued job start at once instead of after Slurm's 120 s: while running, sets
-    ``StartTime=now`` on the job whenever it waits for its begin time (or is held, as a job
-    requeued while suspended is)."""
+    ``StartTime=now`` on the job whenever it waits for its begin time, and releases it when it
+    is held — as a job requeued while suspended is (``JobHeldAdmin``), or one whose relaunch
+    found the previous attempt's files still on the node (``launch failed requeued held``)."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(daemon=True)
         self.job_id, self.stop, self.releases = job_id, threading.Event(), 0
 
     def run(self) -> None:
+        previous = ""
         while not self.stop.wait(0.5):
             state = _slurm("squeue", "-h", "-j", self.job_id, "-o", "%T %r", check=False).strip()
-            if state in ("PENDING BeginTime", "PENDING JobHeldAdmin", "PENDING JobHeldUser"):
-                if "Held" in state:
+            waiting = state.startswith("PENDING") and (
+                "BeginTime" in state or "held" in state.lower()
+            )
+            # the same state twice (0.5 s apart): the last attempt's clean-up on the nodes is over
+            if waiting and state == previous:
+                if "held" in state.lower():
                     _slurm("scontrol", "release", self.job_id, check=False)
                 _slurm("scontrol", "update", f"jobid={self.job_id}", "StartTime=now", check=False)
                 self.releases += 1
+                state = ""
+            previous = state
 
 
 def _latest_epoch(checkpoint: Path) -> int:
