@@ -381,7 +381,7 @@ def test_a_two_node_job_requeued_while_training_matches_the_uninterrupted_one(
     assert "DUE TO JOB REQUEUE" in log, log[-4000:]
     assert log.count("[pretrain] computing") == 1 and "[pretrain] cache hit" in log
     assert "[oracle] computing (resuming)" in log and f"({done} of 40 epochs done)" in log
-    # both ranks resumed: the rank-1 task of the second attempt joined the resumed fit
+    # the resumed two-node job ends exactly where the uninterrupted one did
     assert _metrics(payload) == _metrics(two_node_job[2])
 
 
