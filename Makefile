@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-slow lint format bench clean
+.PHONY: help install demo test test-slow test-slurm lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ test: $(STAMP) ## run the test suite (slow tests excluded)
 
 test-slow: $(STAMP) ## run only the slow tests
 	$(PY) -m pytest -q -m slow
+
+# up, the `slurm` tests, down (also when they fail); root installs the Debian packages if missing
+test-slurm: $(STAMP) ## start a two-node Slurm on this machine, run the slurm tests, stop it
+	@trap .ci/slurm-down EXIT; conf=$$(.ci/slurm-up) && eval "$$conf" && $(PY) -m pytest -q -m slurm
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

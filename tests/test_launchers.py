@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, cli_dirs, run_cli
 from unlearning.config import sweep
+from unlearning.config.validation import validate_config
 
 # tiny digits jobs without the evaluation suite: the launchers, not the models, are under test
 SHRUNK = ["pretrain.epochs=1", "method.epochs=1", "eval=none"]
@@ -107,6 +108,7 @@ def test_submitit_local_sweep_runs_two_jobs_and_a_rerun_into_its_dir_skips_them(
 
 
 def test_slurm_launcher_without_sbatch_fails_at_start_up_naming_what_is_missing(tmp_path):
+    # a PATH with no Slurm client: the same path where Slurm is installed (.ci/slurm-up, CI)
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     result = run_cli(
@@ -142,6 +144,27 @@ def test_launcher_problem_names_the_missing_plugin_and_a_bad_tasks_per_node(monk
 def _hydra_config(*overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_multinode_cpu_preset_asks_slurm_for_one_task_per_node_and_validates_in_the_job(
+    config, monkeypatch
+):
+    """``trainer=ddp_multinode_cpu trainer.num_nodes=2``: the Slurm launcher asks for 2 nodes × 1
+    task and no GPUs; inside the allocation the job's config passes validation as it is (no
+    ``sync_batchnorm``, accelerator or devices to spell out)."""
+    launcher = _hydra_config(
+        "hydra/launcher=slurm", "trainer=ddp_multinode_cpu", "trainer.num_nodes=2"
+    ).hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 1, None)
+    for name, value in {
+        "SLURM_NTASKS": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NAME": "train",
+    }.items():
+        monkeypatch.setenv(name, value)
+    cfg = config("trainer=ddp_multinode_cpu")
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.sync_batchnorm is False
+    validate_config(cfg)
 
 
 def test_sweeps_started_in_the_same_second_get_distinct_dirs_and_stable_job_subdirs():
