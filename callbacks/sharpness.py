@@ -503,6 +503,17 @@ def _copy_into(store: dict[int, Tensor], tensors: Sequence[Tensor]) -> list[Tens
     return bufs
 
 
+@torch.no_grad()
+def maximisation_gradient(params: Sequence[Tensor], grad_w: Sequence[Tensor]) -> None:
+    """First-order sharpness maximisation (000 eq. 8): after the second pass has left g' = ∇L(w +
+    ê) in ``.grad``, set ``.grad`` to 2g − g' with g = ∇L(w) from ``grad_w``, in place."""
+    for p, g in zip(params, grad_w, strict=True):
+        if p.grad is None:
+            p.grad = g * 2.0
+        else:
+            p.grad.neg_().add_(g, alpha=2.0)
+
+
 _UNSUPPORTED_STRATEGIES = (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, XLAStrategy)
 
 
@@ -779,13 +790,8 @@ class SharpnessAwareCallback(Callback):
                 _first_pass_only_logging(pl_module, self._metrics),
             ):
                 closure()
-            if grad_w is not None:  # 000 eq. 8, first order: 2g − g'
-                with torch.no_grad():
-                    for p, g in zip(params, grad_w, strict=True):
-                        if p.grad is None:
-                            p.grad = g * 2.0
-                        else:
-                            p.grad.neg_().add_(g, alpha=2.0)
+            if grad_w is not None:
+                maximisation_gradient(params, grad_w)
             compat.set_closure_result(closure, first_result)  # outputs, logged loss: 1st pass
             return first_loss
 

@@ -57,7 +57,11 @@ def test_the_report_names_each_rows_selection_and_shows_validation_beside_test(t
 def test_equal_budget_study_runs_end_to_end(tmp_path):
     overrides = [
         *("eval=none", "logger=none", "trainer.enable_progress_bar=false"),
-        *("pretrain.epochs=2", "method.epochs=2", f"paths.cache_dir={tmp_path / 'cache'}"),
+        *(
+            "pretrain.epochs=2",
+            "trainer.limit_train_batches=4",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ),
     ]
     out = tmp_path / "study"
     args = ["--methods", "neggrad,scrub", "--trials", "2", "--seeds", "0,1", "--out", str(out)]

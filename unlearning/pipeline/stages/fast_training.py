@@ -61,6 +61,7 @@ from callbacks.sharpness import (
     _copy_into,
     adaptive_flags,
     frozen_running_stats,
+    maximisation_gradient,
     perturbation,
     perturbed,
     running_stat_modules,
@@ -215,13 +216,8 @@ class _SharpStep:
                 frozen_running_stats(self.norm_layers, self.stats),
             ):
                 closure()
-            if grad_w is not None:  # 000 eq. 8, first order: 2g − g'
-                with torch.no_grad():
-                    for p, g in zip(params, grad_w, strict=True):
-                        if p.grad is None:
-                            p.grad = g * 2.0
-                        else:
-                            p.grad.neg_().add_(g, alpha=2.0)
+            if grad_w is not None:
+                maximisation_gradient(params, grad_w)
             return first_loss
 
         optimizer.step(second_pass)
