@@ -386,23 +386,28 @@ def test_a_two_node_job_requeued_while_training_matches_the_uninterrupted_one(
 
 
 def test_a_job_hitting_its_time_limit_is_checkpointed_resubmitted_and_completes(tmp_path):
-    """timeout_min=1: Slurm sends USR2 30 s before the limit, submitit's handler counts a
-    timeout, requeues the job and exits; the next attempt resumes the unlearning stage."""
+    """timeout_min=2: Slurm sends USR2 30 s before the limit, submitit's handler counts a
+    timeout, requeues the job and exits; the next attempt resumes the unlearning stage.
+
+    Slurm may send the signal up to 60 s earlier than asked (sbatch --signal: "due to the
+    resolution of event handling"), so the limit leaves at least 30 s for Python to start and
+    submitit to install its handler; with timeout_min=1 a USR2 that came during start-up
+    killed the job once (CI, 2026-12-05)."""
     args = [
         "pretrain.epochs=2",
         "method=finetune",
-        "method.epochs=800",  # ~60 s of fine-tuning: more than the first attempt gets
+        "method.epochs=3000",  # ~210 s of fine-tuning: more than one attempt gets (≤ 90 s)
         "eval=none",
         "logger=none",
-        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.timeout_min=2",
         "hydra.launcher.signal_delay_s=30",
-        "hydra.launcher.max_num_timeout=5",
+        "hydra.launcher.max_num_timeout=8",
     ]
     sweep = _start_sweep(args, tmp_path)
     job = _first_job(tmp_path)
     releaser = Releaser(job)
     releaser.start()
-    _finish(sweep, releaser)
+    _finish(sweep, releaser, timeout=900)
     sweep_dir = _sweep_dir(tmp_path)
     (payload,) = _payloads(sweep_dir).values()
     assert payload["status"] == "ok"
